@@ -1,0 +1,1 @@
+"""qk_export: turn a trained query-kontext checkpoint into a verified ONNX bundle."""

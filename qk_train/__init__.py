@@ -1,0 +1,1 @@
+"""query-kontext training side: data, models, training loop and evaluation (torch lives here)."""

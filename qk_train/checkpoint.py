@@ -1,0 +1,180 @@
+"""Checkpoints: safetensors weights plus the resolved config, written atomically.
+
+A checkpoint is a folder:
+
+    hyperparameters.yaml   the resolved ModelConfig the weights belong to
+    model.safetensors      inference weights (the EMA copy), frozen pretrained parts left out
+    tokenizer.json         the tokenizer the text encoder was trained with
+    pretrained.json        frozen parts referenced by package, path and sha256 (not copied)
+    train_state.safetensors / train_state.json   raw weights, optimizer, step (resuming only)
+
+Folders are built under a temporary name beside the target and renamed into place, so a
+crash never leaves a half-written checkpoint that looks whole. Nothing here unpickles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "hyperparameters.yaml"
+STATE_FILE = "train_state.safetensors"
+STATE_META = "train_state.json"
+TOKENIZER_FILE = "tokenizer.json"
+PRETRAINED_FILE = "pretrained.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or does not match its config."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def replace_dir(build_dir: Path, final: Path) -> None:
+    """Move a fully written folder into place; the old one (if any) is removed only after."""
+    final = Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(build_dir, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def new_build_dir(final: Path) -> Path:
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+
+
+def _fsync_dir(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"param_groups": state["param_groups"], "scalars": {}}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value.contiguous()
+            else:
+                meta["scalars"][f"{idx}.{key}"] = value
+    return tensors, meta
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if not name.startswith("opt."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    final: Path,
+    *,
+    config_yaml: str,
+    weights: dict[str, torch.Tensor],
+    tokenizer_json: str,
+    pretrained: dict[str, Any],
+    train_tensors: dict[str, torch.Tensor] | None = None,
+    train_meta: dict[str, Any] | None = None,
+) -> Path:
+    build = new_build_dir(final)
+    try:
+        (build / CONFIG_FILE).write_text(config_yaml)
+        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(build / MODEL_FILE))
+        (build / TOKENIZER_FILE).write_text(tokenizer_json)
+        (build / PRETRAINED_FILE).write_text(json.dumps(pretrained, indent=2))
+        if train_tensors is not None:
+            save_file({k: v.detach().contiguous() for k, v in train_tensors.items()}, str(build / STATE_FILE))
+            (build / STATE_META).write_text(json.dumps(train_meta or {}, indent=2))
+        _fsync_dir(build)
+        replace_dir(build, final)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return Path(final)
+
+
+def check_checkpoint_dir(path: Path, need_state: bool = False) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass --model with a folder that qk-train wrote")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is not a folder; qk-train writes checkpoints as folders")
+    needed = [CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE] + ([STATE_FILE, STATE_META] if need_state else [])
+    missing = [name for name in needed if not (path / name).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
+    return path
+
+
+def load_weights(path: Path, name: str = MODEL_FILE) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(Path(path) / name))
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"cannot read {Path(path) / name}: {exc}") from exc
+
+
+def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = check_checkpoint_dir(path, need_state=True)
+    tensors = load_weights(path, STATE_FILE)
+    meta = json.loads((path / STATE_META).read_text())
+    return tensors, meta
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not ckpt_root.is_dir():
+        return None
+    steps = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    return steps[-1] if steps else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int = 2) -> None:
+    ckpt_root = Path(run_dir) / "checkpoints"
+    steps = sorted(p for p in ckpt_root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

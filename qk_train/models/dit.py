@@ -1,0 +1,149 @@
+"""The one decoder: a DiT with adaLN-Zero timestep conditioning, used for both generation and
+editing.
+
+Each block: self-attention over the image tokens (dense, or in w x w windows for the sparse
+`window` mode), cross-attention to the conditioning tokens (text + kontext), and an MLP; the
+timestep, the pooled text and the condition flags modulate every block (adaLN-Zero). The source
+latent enters by channel concatenation (InstructPix2Pix) or as extra tokens in the sequence
+(FLUX.1 Kontext), chosen by `source_mode`. The CMG's gate map enters as a channel too, so the
+decoder knows where it is meant to change the image.
+
+`active` (B, M) token indices run the blocks on those tokens only (the sparse `region` mode):
+the output then holds their velocities only, and the caller keeps the rest on the source path.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import DecoderConfig
+from .layers import MLP, Attention, TimestepEmbedding, patchify, sincos_2d, unpatchify
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def window_partition(x: torch.Tensor, grid_h: int, grid_w: int, w: int) -> torch.Tensor:
+    """(B, N, D) row-major tokens -> (B * nW, w*w, D) windows."""
+    B, _, D = x.shape
+    x = x.reshape(B, grid_h // w, w, grid_w // w, w, D).permute(0, 1, 3, 2, 4, 5)  # (B, gh/w, gw/w, w, w, D)
+    return x.reshape(-1, w * w, D)
+
+
+def window_merge(x: torch.Tensor, B: int, grid_h: int, grid_w: int, w: int) -> torch.Tensor:
+    """(B * nW, w*w, D) -> (B, N, D)."""
+    D = x.shape[-1]
+    x = x.reshape(B, grid_h // w, grid_w // w, w, w, D).permute(0, 1, 3, 2, 4, 5)  # (B, gh/w, w, gw/w, w, D)
+    return x.reshape(B, grid_h * grid_w, D)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm_c = nn.LayerNorm(dim)
+        self.cross = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(dim, mlp_ratio)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+
+    def forward(self, x, c, cond, cond_bias, window: int = 0, grid: tuple[int, int] = (0, 0)):
+        """x (B, T, D), c (B, D), cond (B, S, D), cond_bias (B, S)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)  # 6 x (B, D)
+        h = modulate(self.norm1(x), shift1, scale1)
+        if window:
+            B = x.shape[0]
+            gh, gw = grid
+            img = window_partition(h[:, : gh * gw], gh, gw, window)  # (B*nW, w*w, D)
+            h = window_merge(self.attn(img), B, gh, gw, window)
+        else:
+            h = self.attn(h)
+        x = x + gate1[:, None] * h
+        x = x + self.cross(self.norm_c(x), cond, cond_bias)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+        for layer in (self.ada[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    def __init__(self, cfg: DecoderConfig, latent_channels: int, text_width: int):
+        super().__init__()
+        self.cfg = cfg
+        D, p, C = cfg.width, cfg.patch, latent_channels
+        self.channels = C
+        if cfg.source_mode == "channel":
+            self.x_embed = nn.Linear((2 * C + 2) * p * p, D)  # x_t, source, region, gate
+        else:
+            self.x_embed = nn.Linear((C + 1) * p * p, D)  # x_t, gate
+            self.source_embed = nn.Linear((C + 1) * p * p, D)  # source, region
+            self.source_type = nn.Parameter(torch.zeros(D))
+        self.t_embed = TimestepEmbedding(D)
+        self.text_proj = nn.Linear(text_width, D)
+        self.pool_proj = nn.Linear(text_width, D)
+        self.flag_embed = nn.Linear(2, D)
+        self.blocks = nn.ModuleList(DiTBlock(D, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final = FinalLayer(D, C * p * p)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, C, h, w) noisy latent x_t
+        sigma: torch.Tensor,  # (B,) noise level in [0, 1]
+        text: torch.Tensor,  # (B, L, Wt)
+        text_mask: torch.Tensor,  # (B, L)
+        kontext: torch.Tensor | None,  # (B, K, D) or None (no gateway)
+        source: torch.Tensor,  # (B, C, h, w)
+        region: torch.Tensor,  # (B, 1, h, w)
+        gate_map: torch.Tensor,  # (B, 1, h, w) the CMG's gate at latent resolution
+        flags: torch.Tensor,  # (B, 2)
+        active: torch.Tensor | None = None,  # (B, M) token indices: run these tokens only
+    ) -> torch.Tensor:
+        B, C, h, w = x.shape
+        p, D = self.cfg.patch, self.cfg.width
+        gh, gw = h // p, w // p
+        pos = sincos_2d(gh, gw, D).to(x.dtype)  # (N, D)
+        if self.cfg.source_mode == "channel":
+            tokens = self.x_embed(patchify(torch.cat([x, source, region, gate_map], 1), p)) + pos[None]  # (B, N, D)
+        else:
+            tokens = self.x_embed(patchify(torch.cat([x, gate_map], 1), p)) + pos[None]
+        if active is not None:
+            tokens = torch.gather(tokens, 1, active[:, :, None].expand(-1, -1, D))  # (B, M, D)
+        n_img = tokens.shape[1]
+        if self.cfg.source_mode == "sequence":
+            src = self.source_embed(patchify(torch.cat([source, region], 1), p)) + pos[None] + self.source_type
+            if active is not None:
+                src = torch.gather(src, 1, active[:, :, None].expand(-1, -1, D))
+            tokens = torch.cat([tokens, src], 1)  # (B, 2M, D)
+
+        mask = text_mask.to(x.dtype)
+        pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, Wt)
+        c = self.t_embed(sigma) + self.pool_proj(pooled) + self.flag_embed(flags)  # (B, D)
+        cond = self.text_proj(text)  # (B, L, D)
+        cond_bias = (1.0 - mask) * -1e4
+        if kontext is not None:
+            cond = torch.cat([cond, kontext], 1)  # (B, L + K, D)
+            cond_bias = torch.cat([cond_bias, torch.zeros(B, kontext.shape[1], dtype=x.dtype)], 1)
+
+        window = self.cfg.attn_window if active is None and self.cfg.source_mode == "channel" else 0
+        for block in self.blocks:
+            tokens = block(tokens, c, cond, cond_bias, window, (gh, gw))
+        out = self.final(tokens[:, :n_img], c)  # (B, N or M, C*p*p)
+        if active is not None:
+            return out  # (B, M, C*p*p): velocities of the active tokens only
+        return unpatchify(out, p, C, h, w)  # (B, C, h, w)

@@ -1,0 +1,244 @@
+"""The unified Query-Kontext model: text encoder, image codec, query gateway, Cross-Modal Gate
+and one DiT decoder, with the joint single-pass objective.
+
+Conventions (the same as diffusers' FlowMatchEulerDiscreteScheduler): x_t = sigma * noise +
+(1 - sigma) * x_0 with sigma in [0, 1] (1 = pure noise); the network predicts the velocity
+v = noise - x_0; an Euler step is x <- x + (sigma_next - sigma) * v.
+
+Editing samples carry a source image, an instruction and (most of the time) a region query;
+generation samples carry a caption only (no source, gate m = 1). Every batch mixes both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from .. import checkpoint as ckpt
+from ..config import ModelConfig, from_dict
+from .autoencoder import build_codec
+from .cmg import CrossModalGate
+from .dit import DiT
+from .gateway import QueryGateway
+from .layers import key_bias_from_mask, map_to_tokens, tokens_to_map
+from .text_encoder import TextEmbedder, build_text_encoder, load_tokenizer, pretrained_folder
+from tokenizers import Tokenizer
+
+SIGMA_MIN = 1e-3  # the source path's velocity (x_t - source) / sigma is taken at sigma >= this
+
+
+@dataclass
+class Batch:
+    """Pixels in [-1, 1]; masks in {0, 1} at pixel resolution."""
+
+    target: torch.Tensor  # (B, 3, H, W)
+    source: torch.Tensor  # (B, 3, H, W), zeros for generation samples
+    change: torch.Tensor  # (B, 1, H, W) true change mask, ones for generation samples
+    region: torch.Tensor  # (B, 1, H, W) region query (box or mask), zeros when absent
+    is_edit: torch.Tensor  # (B,) 1 for editing samples
+    texts: list[str]  # captions (generation) or instructions (editing)
+
+
+class QKModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer or load_tokenizer(cfg.text)
+        self.text_encoder = build_text_encoder(cfg.text, self.tokenizer)
+        self.codec = build_codec(cfg.codec)
+        C, D, p = self.codec.channels, cfg.decoder.width, cfg.decoder.patch
+        text_width = self.text_encoder.width
+        self.gateway = QueryGateway(cfg.gateway, D, text_width, C, p) if cfg.gateway.enabled else None
+        self.cmg = CrossModalGate(cfg.gate, D, C, p) if cfg.gate.enabled else None
+        if self.cmg is not None and self.gateway is None:
+            self.gate_text_proj = nn.Linear(text_width, D)  # the CMG reads projected text instead
+        self.decoder = DiT(cfg.decoder, C, text_width)
+        self.embedder = TextEmbedder(self.text_encoder, self.tokenizer)
+
+    # ------------------------------------------------------------------ parts
+
+    @property
+    def patch(self) -> int:
+        return self.cfg.decoder.patch
+
+    @property
+    def factor(self) -> int:
+        return self.codec.factor
+
+    def trainable_prefixes(self) -> tuple[str, ...]:
+        parts = ["decoder.", "gateway.", "cmg.", "gate_text_proj."]
+        if not getattr(self.text_encoder, "frozen", False):
+            parts.append("text_encoder.")
+        return tuple(parts)
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by the joint objective (the codec is trained before, then frozen)."""
+        prefixes = self.trainable_prefixes()
+        return [p for n, p in self.named_parameters() if n.startswith(prefixes) and p.requires_grad]
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """Weights that go into a checkpoint: everything but a frozen pretrained text encoder."""
+        skip = "text_encoder." if getattr(self.text_encoder, "frozen", False) else "\0"
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(skip)}
+
+    def count_parameters(self) -> dict[str, int]:
+        def n(module):
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+        return {
+            "text_encoder": n(self.text_encoder),
+            "codec": n(self.codec),
+            "gateway": n(self.gateway),
+            "cmg": n(self.cmg),
+            "decoder": n(self.decoder),
+        }
+
+    # ------------------------------------------------------------------ conditioning
+
+    def latent_mask(self, pixel_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, 1, h, w): a latent pixel is in if any of its pixels is."""
+        return F.max_pool2d(pixel_mask, self.factor) if self.factor > 1 else pixel_mask
+
+    def text_states(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embedder(texts)
+
+    def kontext(self, text, text_mask, source, region, flags) -> torch.Tensor | None:
+        if self.gateway is None:
+            return None
+        return self.gateway(text, text_mask, source, region, flags)  # (B, K, D)
+
+    def gate_logits(self, kontext, text, text_mask, source, region) -> torch.Tensor:
+        """(B, N) logits of the Cross-Modal Gate."""
+        if self.gateway is not None:
+            return self.cmg(kontext, None, source, region)
+        return self.cmg(self.gate_text_proj(text), key_bias_from_mask(text_mask), source, region)
+
+    def gate_map(self, gate: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, N) per-token gate -> (B, 1, h, w) at latent resolution."""
+        p = self.patch
+        return tokens_to_map(gate, h // p, w // p, p)
+
+    @staticmethod
+    def gated_velocity(v_pred, x, source, sigma, gate_map) -> torch.Tensor:
+        """v = m * v_pred + (1 - m) * v_back_to_source, with v_back = (x_t - source) / sigma."""
+        back = (x - source) / sigma.clamp_min(SIGMA_MIN)[:, None, None, None]
+        return gate_map * v_pred + (1.0 - gate_map) * back
+
+    # ------------------------------------------------------------------ objective
+
+    def loss(self, batch: Batch, gen: torch.Generator, text_states=None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Rectified-flow velocity loss on generation and editing samples plus the gate's BCE."""
+        t = self.cfg.train
+        B = batch.target.shape[0]
+        with torch.no_grad():
+            x0 = self.codec.encode(batch.target)  # (B, C, h, w)
+            src = self.codec.encode(batch.source) * batch.is_edit[:, None, None, None]
+        _, _, h, w = x0.shape
+        region = self.latent_mask(batch.region)  # (B, 1, h, w)
+        change = self.latent_mask(batch.change)
+        token_mask = map_to_tokens(change, self.patch)  # (B, N)
+
+        # condition dropout for classifier-free guidance on text and image
+        u = torch.rand(B, generator=gen)
+        drop_both = u < t.drop_both
+        drop_text = drop_both | ((u >= t.drop_both) & (u < t.drop_both + t.drop_text))
+        lo = t.drop_both + t.drop_text
+        drop_image = drop_both | ((u >= lo) & (u < lo + t.drop_image))
+        drop_image = drop_image & (batch.is_edit > 0)
+        keep_img = (~drop_image).float() * batch.is_edit  # (B,)
+        texts = ["" if d else s for s, d in zip(batch.texts, drop_text.tolist())]
+        if text_states is None:
+            text_states = self.text_states(texts)
+        text, text_mask = text_states
+        src = src * keep_img[:, None, None, None]
+        region = region * keep_img[:, None, None, None]
+        has_region = (region.flatten(1).amax(1) > 0).float()
+        flags = torch.stack([keep_img, has_region], 1)  # (B, 2)
+
+        kontext = self.kontext(text, text_mask, src, region, flags)
+        is_edit = batch.is_edit
+        gate_in = torch.ones_like(token_mask)
+        gate_loss = torch.zeros(())
+        if self.cmg is not None:
+            logits = self.gate_logits(kontext, text, text_mask, src, region)  # (B, N)
+            bce = F.binary_cross_entropy_with_logits(logits, token_mask, reduction="none").mean(1)
+            gate_w = keep_img
+            gate_loss = (bce * gate_w).sum() / gate_w.sum().clamp_min(1.0)
+            use_true = (torch.rand(B, generator=gen) < t.true_gate_prob).float()[:, None]
+            predicted = torch.sigmoid(logits).detach()
+            gate_in = use_true * token_mask + (1 - use_true) * predicted
+            gate_in = is_edit[:, None] * gate_in + (1 - is_edit[:, None])  # m = 1 for text-to-image
+        gate_map = self.gate_map(gate_in, h, w)
+
+        noise = torch.randn(x0.shape, generator=gen)
+        sigma = torch.sigmoid(torch.randn(B, generator=gen))  # logit-normal timesteps
+        s = sigma[:, None, None, None]
+        x_t = s * noise + (1 - s) * x0
+        v_pred = self.decoder(x_t, sigma, text, text_mask, kontext, src, region, gate_map, flags)
+        v_target = noise - x0
+        inside = self.gate_map(token_mask, h, w) * is_edit[:, None, None, None]
+        weight = 1.0 + t.inside_weight * inside
+        per_sample = (weight * (v_pred - v_target) ** 2).mean((1, 2, 3)) / weight.mean((1, 2, 3))
+        sample_w = is_edit * t.edit_loss_weight + (1 - is_edit) * t.gen_loss_weight
+        v_loss = (per_sample * sample_w).sum() / B
+        total = v_loss + t.gate_loss_weight * gate_loss
+        return total, {"loss": total.item(), "v": v_loss.item(), "gate": float(gate_loss.detach())}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def pretrained_refs(self) -> dict:
+        if not getattr(self.text_encoder, "frozen", False):
+            return {}
+        folder = self.text_encoder.folder
+        return {
+            "text_encoder": {
+                "package": None if self.cfg.text.path else self.cfg.text.package,
+                "path": self.cfg.text.path,
+                "sha256": ckpt.sha256_file(folder / "model.safetensors"),
+            }
+        }
+
+    def save(self, path: Path, weights: dict[str, torch.Tensor] | None = None, **train) -> Path:
+        return ckpt.save_checkpoint(
+            Path(path),
+            config_yaml=yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+            weights=weights if weights is not None else self.saved_state(),
+            tokenizer_json=self.tokenizer.to_str(),
+            pretrained=self.pretrained_refs(),
+            **train,
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "QKModel":
+        path = ckpt.check_checkpoint_dir(Path(path))
+        cfg = from_dict(yaml.safe_load((path / ckpt.CONFIG_FILE).read_text()), where=str(path / ckpt.CONFIG_FILE))
+        tokenizer = Tokenizer.from_str((path / ckpt.TOKENIZER_FILE).read_text())
+        model = cls(cfg, tokenizer)
+        refs_file = path / ckpt.PRETRAINED_FILE
+        if refs_file.exists():
+            import json
+
+            refs = json.loads(refs_file.read_text())
+            te = refs.get("text_encoder")
+            if te:
+                have = ckpt.sha256_file(pretrained_folder(cfg.text) / "model.safetensors")
+                if have != te["sha256"]:
+                    raise ckpt.CheckpointError(
+                        f"{path} was trained with a text encoder whose model.safetensors has sha256 {te['sha256']}, "
+                        f"but the installed one has {have}; install the same version of {te.get('package') or te.get('path')}"
+                    )
+        weights = ckpt.load_weights(path)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        frozen = "text_encoder." if getattr(model.text_encoder, "frozen", False) else "\0"
+        missing = [k for k in missing if not k.startswith(frozen)]
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                f"{path}/model.safetensors does not match its hyperparameters.yaml: "
+                f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        model.eval()
+        return model

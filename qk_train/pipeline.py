@@ -1,0 +1,240 @@
+"""The reference pipeline in torch: `generate(prompt)` and `edit(image, instruction, box)`.
+
+Exported graphs and the runtimes are checked against this. The sampler is diffusers'
+`FlowMatchEulerDiscreteScheduler`; the initial noise comes from the portable generator in
+`qk_runtime.noise`, so every runtime can reproduce it bit for bit.
+
+An edit, step by step (the runtimes follow the same order):
+1. the image (uint8, H x W x 3, resized to the model's side if needed) goes to [-1, 1] and
+   through the codec's encoder; the box becomes a region mask at latent resolution;
+2. the instruction and the empty string are encoded; the gateway makes kontext tokens for the
+   three guidance branches (text+image, image only, neither);
+3. the Cross-Modal Gate runs once, on the fully conditioned branch; its per-token gate,
+   thresholded at `gate_threshold`, is the edit's active region m;
+4. the denoising loop: each step runs the decoder on the three branches (a batch of 3), gates
+   each with m (v = m v_pred + (1 - m) (x - source) / sigma), combines them
+   v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui), and takes an Euler step;
+5. the codec decodes; pixels outside m (at pixel resolution) are the source's own.
+
+`sparse="region"` runs the decoder on the active tokens plus a halo only, the token count
+rounded up to a bucket (a quarter, half, three quarters or all of the tokens).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from qk_runtime.noise import portable_normal
+
+from .models.unified import QKModel
+
+BUCKET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class PipelineOutput:
+    image: np.ndarray  # (H, W, 3) uint8
+    gate: np.ndarray | None = None  # (grid, grid) per-token gate in [0, 1] (edits)
+    active_tokens: int | None = None  # tokens the decoder ran on (region mode)
+    extras: dict = field(default_factory=dict)
+
+
+def region_bucket(count: int, total: int) -> int:
+    for frac in BUCKET_FRACTIONS:
+        size = int(round(total * frac))
+        if count <= size:
+            return size
+    return total
+
+
+def active_token_indices(gate: np.ndarray, grid_h: int, grid_w: int, halo: int = 1) -> np.ndarray:
+    """Tokens of the active region plus a halo, padded to a bucket by the next-nearest tokens.
+
+    gate: (N,) bool. Returns sorted int64 indices; the count is one of the bucket sizes.
+    """
+    ys, xs = np.divmod(np.arange(grid_h * grid_w), grid_w)
+    act = np.flatnonzero(gate)
+    if act.size == 0:
+        dist = np.full(grid_h * grid_w, 0, dtype=np.int64)  # no region: everything is equally near
+    else:
+        dy = np.abs(ys[:, None] - ys[act][None, :])
+        dx = np.abs(xs[:, None] - xs[act][None, :])
+        dist = np.maximum(dy, dx).min(1)  # Chebyshev distance to the region
+    want = int((dist <= halo).sum()) if act.size else 0
+    size = region_bucket(max(want, 1), grid_h * grid_w)
+    order = np.lexsort((np.arange(dist.size), dist))  # by distance, ties by index
+    return np.sort(order[:size]).astype(np.int64)
+
+
+def box_to_mask(box: tuple[int, int, int, int] | None, side: int) -> np.ndarray:
+    mask = np.zeros((side, side), np.float32)
+    if box is not None:
+        x0, y0, x1, y1 = box
+        mask[y0:y1, x0:x1] = 1.0
+    return mask
+
+
+def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
+    """The rule: integers with 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height (x1, y1 exclusive)."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"box {box!r} must be four integers x0,y0,x1,y1") from exc
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        raise ValueError(
+            f"box {box!r} is outside the {width}x{height} image, inverted or empty; "
+            f"need 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}"
+        )
+    return x0, y0, x1, y1
+
+
+class Pipeline:
+    def __init__(self, model: QKModel, *, steps: int = 20, text_guidance: float = 3.0,
+                 image_guidance: float = 1.5, gate_threshold: float | None = 0.5):
+        self.model = model.eval()
+        self.cfg = model.cfg
+        self.steps = steps
+        self.text_guidance = text_guidance
+        self.image_guidance = image_guidance
+        self.gate_threshold = gate_threshold
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def side(self) -> int:
+        return self.cfg.data.image_size
+
+    def sigmas(self, steps: int) -> torch.Tensor:
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
+        sched.set_timesteps(steps)
+        return sched.sigmas.to(torch.float32)  # (steps + 1,), last is 0
+
+    def _noise(self, seed: int, h: int, w: int) -> torch.Tensor:
+        return torch.from_numpy(portable_normal(seed, (1, self.model.codec.channels, h, w)))
+
+    def _to_model_side(self, image: np.ndarray) -> np.ndarray:
+        if image.shape[:2] == (self.side, self.side):
+            return image
+        return np.asarray(Image.fromarray(image).resize((self.side, self.side), Image.BILINEAR))
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, prompt: str, *, steps: int | None = None, guidance: float | None = None, seed: int = 0) -> PipelineOutput:
+        m = self.model
+        steps = steps or self.steps
+        s_txt = self.text_guidance if guidance is None else guidance
+        side = self.side
+        h = w = side // m.factor
+        C = m.codec.channels
+        text, mask = m.text_states([prompt, ""])  # (2, L, Wt)
+        zeros = torch.zeros(2, C, h, w)
+        region = torch.zeros(2, 1, h, w)
+        flags = torch.zeros(2, 2)
+        kontext = m.kontext(text, mask, zeros, region, flags)
+        gate_map = torch.ones(2, 1, h, w)
+        x = self._noise(seed, h, w)
+        sig = self.sigmas(steps)
+        for i in range(steps):
+            sigma = sig[i].expand(2)
+            v = m.decoder(x.expand(2, -1, -1, -1), sigma, text, mask, kontext, zeros, region, gate_map, flags)
+            v = v[1:2] + s_txt * (v[0:1] - v[1:2])
+            x = x + (sig[i + 1] - sig[i]) * v
+        img = m.codec.decode(x)[0]
+        return PipelineOutput(image=_to_uint8(img))
+
+    # ------------------------------------------------------------------ editing
+
+    @torch.no_grad()
+    def edit(self, image: np.ndarray, instruction: str, box=None, *, steps: int | None = None,
+             text_guidance: float | None = None, image_guidance: float | None = None, seed: int = 0,
+             sparse: str = "none") -> PipelineOutput:
+        if sparse not in ("none", "region"):
+            raise ValueError(f"sparse={sparse!r}; the torch pipeline supports 'none' and 'region'")
+        m = self.model
+        steps = steps or self.steps
+        s_txt = self.text_guidance if text_guidance is None else text_guidance
+        s_img = self.image_guidance if image_guidance is None else image_guidance
+        H0, W0 = image.shape[:2]
+        if box is not None:
+            box = check_box(box, W0, H0)
+            if (H0, W0) != (self.side, self.side):  # scale the box with the image
+                sx, sy = self.side / W0, self.side / H0
+                box = (int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy)),
+                       max(int(np.ceil(box[2] * sx)), int(np.floor(box[0] * sx)) + 1),
+                       max(int(np.ceil(box[3] * sy)), int(np.floor(box[1] * sy)) + 1))
+        src_img = self._to_model_side(image)
+        side = self.side
+        src_px = torch.from_numpy(src_img.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]  # (1, 3, S, S)
+        src = m.codec.encode(src_px)  # (1, C, h, w)
+        _, C, h, w = src.shape
+        region = m.latent_mask(torch.from_numpy(box_to_mask(box, side))[None, None])  # (1, 1, h, w)
+        has_region = 1.0 if box is not None else 0.0
+
+        text, mask = m.text_states([instruction, "", ""])  # branches: text+image, image, neither
+        sources = torch.cat([src, src, torch.zeros_like(src)])
+        regions = torch.cat([region, region, torch.zeros_like(region)])
+        flags = torch.tensor([[1.0, has_region], [1.0, has_region], [0.0, 0.0]])
+        kontext = m.kontext(text, mask, sources, regions, flags)
+
+        p = m.patch
+        gh, gw = h // p, w // p
+        if m.cmg is not None:
+            logits = m.gate_logits(None if kontext is None else kontext[:1], text[:1], mask[:1], src, region)
+            gate = torch.sigmoid(logits)[0]  # (N,)
+        else:
+            gate = torch.ones(gh * gw)
+        m_tok = (gate > self.gate_threshold).float() if self.gate_threshold is not None else gate
+        gate_map = m.gate_map(m_tok[None], h, w)  # (1, 1, h, w)
+        gate_maps = gate_map.expand(3, -1, -1, -1)
+
+        active = None
+        if sparse == "region":
+            idx = active_token_indices(m_tok.numpy() > 0.5, gh, gw)
+            active = torch.from_numpy(idx)[None].expand(3, -1)
+
+        x = self._noise(seed, h, w)
+        sig = self.sigmas(steps)
+        for i in range(steps):
+            sigma = sig[i].expand(3)
+            xb = x.expand(3, -1, -1, -1)
+            if active is None:
+                v = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags)
+            else:
+                v_tok = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags, active=active)
+                back = (xb - sources) / sigma.clamp_min(1e-3)[:, None, None, None]
+                v = _scatter_tokens(back, v_tok, active[0], p)
+            v = QKModel.gated_velocity(v, xb, sources, sigma, gate_maps)
+            v = v[2:3] + s_img * (v[1:2] - v[2:3]) + s_txt * (v[0:1] - v[1:2])
+            x = x + (sig[i + 1] - sig[i]) * v
+        out = m.codec.decode(x)  # (1, 3, S, S)
+        if m.cmg is not None:  # pixels outside the active region are the source's own
+            pix = F.interpolate(gate_map, scale_factor=m.factor, mode="nearest") if m.factor > 1 else gate_map
+            out = pix * out + (1 - pix) * src_px
+        result = _to_uint8(out[0])
+        if (H0, W0) != (side, side):
+            result = np.asarray(Image.fromarray(result).resize((W0, H0), Image.BILINEAR))
+        return PipelineOutput(image=result, gate=gate.reshape(gh, gw).numpy(),
+                              active_tokens=None if active is None else int(active.shape[1]))
+
+
+def _scatter_tokens(full: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, p: int) -> torch.Tensor:
+    """Write per-token velocities (B, M, C*p*p) of `index` into a (B, C, h, w) map."""
+    from .models.layers import patchify, unpatchify
+
+    B, C, h, w = full.shape
+    flat = patchify(full, p).clone()  # (B, N, C*p*p)
+    flat[:, index] = tokens
+    return unpatchify(flat, p, C, h, w)
+
+
+def _to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [-1, 1] -> (H, W, 3) uint8."""
+    arr = ((img.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return arr.permute(1, 2, 0).numpy()

@@ -1,0 +1,407 @@
+"""qk-train: train the unified model (autoencoder first, then the joint objective).
+
+Every batch is a pure function of (seed, step, rank), and every random draw of a step comes from
+a generator seeded the same way, so a run stopped and resumed from a checkpoint ends with the
+same weights as one that ran straight through (on CPU, same thread count).
+
+    qk-train --preset small --out runs/small          # trains, or resumes if runs/small has checkpoints
+    torchrun --nproc-per-node 2 -m qk_train.train --preset tiny --out runs/t   # DDP (gloo on CPU)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import yaml
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import ConfigError, ModelConfig, from_dict, load_preset, preset_names
+from .data.shapeworld import make_edit, make_generation
+from .models.unified import Batch, QKModel
+
+STAGE_AE, STAGE_MAIN = "ae", "main"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def step_seed(cfg: ModelConfig, stage: str, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([cfg.train.seed, 1 if stage == STAGE_MAIN else 2, step, rank]).generate_state(1)[0])
+
+
+def bucket_for_step(cfg: ModelConfig, stage: str, step: int) -> int:
+    """The resolution of a step's batch: the same on every rank."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.train.seed, 3, step, 1 if stage == STAGE_MAIN else 2]))
+    weights = np.asarray(cfg.data.bucket_weights, dtype=np.float64)
+    return int(rng.choice(cfg.data.buckets, p=weights / weights.sum()))
+
+
+def box_mask(box: tuple[int, int, int, int], side: int) -> np.ndarray:
+    m = np.zeros((side, side), dtype=np.float32)
+    x0, y0, x1, y1 = box
+    m[y0:y1, x0:x1] = 1.0
+    return m
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (H, W, 3) images -> (B, 3, H, W) float in [-1, 1]."""
+    arr = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, size: int | None = None) -> Batch:
+    """The batch of one rank at one step; sample indices never repeat across steps and ranks."""
+    size = size or (cfg.train.ae_batch_size if stage == STAGE_AE else cfg.train.batch_size)
+    side = bucket_for_step(cfg, stage, step)
+    rng = np.random.default_rng(step_seed(cfg, stage, step, rank))
+    opts = dict(exclude_pairs=frozenset(map(tuple, cfg.data.exclude_pairs)), backgrounds=cfg.data.backgrounds)
+    base = (step * world + rank) * size
+    targets, sources, changes, regions, is_edit, texts = [], [], [], [], [], []
+    for i in range(size):
+        index = base + i
+        if rng.random() < cfg.train.edit_fraction:
+            s = make_edit("train", index, side, **opts)
+            targets.append(s.target)
+            sources.append(s.source)
+            changes.append(s.mask.astype(np.float32))
+            keep_box = rng.random() >= cfg.train.drop_box
+            regions.append(box_mask(s.box, side) if keep_box else np.zeros((side, side), np.float32))
+            is_edit.append(1.0)
+            texts.append(s.instruction)
+        else:
+            image, caption, _ = make_generation("train", index, side, **opts)
+            targets.append(image)
+            sources.append(np.zeros_like(image))
+            changes.append(np.ones((side, side), np.float32))
+            regions.append(np.zeros((side, side), np.float32))
+            is_edit.append(0.0)
+            texts.append(caption)
+    return Batch(
+        target=to_tensor(targets),
+        source=to_tensor(sources),
+        change=torch.from_numpy(np.stack(changes))[:, None],
+        region=torch.from_numpy(np.stack(regions))[:, None],
+        is_edit=torch.tensor(is_edit),
+        texts=texts,
+    )
+
+
+# --------------------------------------------------------------------------- schedule and EMA
+
+
+def lr_at(cfg: ModelConfig, step: int, base_lr: float, total: int, warmup: int) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+class EMA:
+    def __init__(self, params: dict[str, torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in params.items()}
+
+    @torch.no_grad()
+    def update(self, params: dict[str, torch.nn.Parameter], step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))  # warm start
+        for k, v in params.items():
+            self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+
+class LossModule(torch.nn.Module):
+    """What DistributedDataParallel wraps: forward returns the loss of one batch."""
+
+    def __init__(self, model: QKModel, stage: str):
+        super().__init__()
+        self.model = model
+        self.stage = stage
+
+    def forward(self, batch: Batch, gen: torch.Generator):
+        if self.stage == STAGE_AE:
+            return codec_loss(self.model, batch)
+        return self.model.loss(batch, gen)
+
+
+def codec_loss(model: QKModel, batch: Batch):
+    codec = model.codec
+    images = torch.cat([batch.target, batch.source[batch.is_edit > 0]])
+    recon = codec.decode_raw(codec.encode_raw(images))
+    l1 = F.l1_loss(recon, images)
+    mse = F.mse_loss(recon, images)
+    loss = l1 + mse
+    return loss, {"loss": loss.item(), "l1": l1.item(), "psnr": float(10 * torch.log10(4.0 / mse.detach().clamp_min(1e-10)))}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    stage: str
+    step: int  # steps done in this stage
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _trainable(model: QKModel, stage: str) -> dict[str, torch.nn.Parameter]:
+    if stage == STAGE_AE:
+        return {f"codec.{n}": p for n, p in model.codec.named_parameters()}
+    prefixes = model.trainable_prefixes()
+    return {n: p for n, p in model.named_parameters() if n.startswith(prefixes) and p.requires_grad}
+
+
+def _make_optimizer(cfg: ModelConfig, params: dict[str, torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
+    decay = [p for n, p in params.items() if p.ndim >= 2]
+    no_decay = [p for n, p in params.items() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.99),
+    )
+
+
+class Trainer:
+    def __init__(self, cfg: ModelConfig, out: Path, *, progress: bool = True, max_steps: int | None = None):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.progress = progress
+        self.max_steps = max_steps  # stop after this many steps in this call (for tests and chunks)
+        self.rank, self.world = _dist_info()
+        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+        self.model = QKModel(cfg)
+        self.state = RunState(STAGE_AE if self._ae_steps() else STAGE_MAIN, 0)
+        self.ema: EMA | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.steps_run = 0
+
+    def _ae_steps(self) -> int:
+        return self.cfg.train.ae_steps if self.cfg.codec.kind == "tiny_ae" else 0
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def save(self) -> Path | None:
+        if self.rank != 0:
+            return None
+        params = _trainable(self.model, self.state.stage)
+        train_tensors = {f"raw.{k}": v for k, v in params.items()}
+        if self.ema is not None:
+            train_tensors.update({f"ema.{k}": v for k, v in self.ema.shadow.items()})
+        opt_tensors, opt_meta = ckpt.optimizer_tensors(self.opt) if self.opt else ({}, None)
+        train_tensors.update(opt_tensors)
+        meta = {"stage": self.state.stage, "step": self.state.step, "optimizer": opt_meta, "world": self.world}
+        weights = self.model.saved_state()
+        if self.ema is not None:
+            weights = {**weights, **{k: v for k, v in self.ema.shadow.items() if k in weights}}
+        # names sort in training order: the autoencoder's steps come before the main stage's
+        if self.state.stage == STAGE_AE:
+            name = f"step-0000000-ae-{self.state.step:07d}"
+        else:
+            name = f"step-{self.state.step:07d}"
+        path = self.model.save(self.out / "checkpoints" / name, weights, train_tensors=train_tensors, train_meta=meta)
+        ckpt.prune_checkpoints(self.out, keep=2)
+        return path
+
+    def resume(self, path: Path) -> None:
+        tensors, meta = ckpt.load_train_state(path)
+        weights = ckpt.load_weights(path)
+        stage = meta["stage"]
+        # model weights: inference copy for everything, then the raw (non-EMA) trained ones
+        self.model.load_state_dict(weights, strict=False)
+        raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
+        self.model.load_state_dict(raw, strict=False)
+        self.state = RunState(stage, int(meta["step"]))
+        self._setup_stage()
+        ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        if self.ema is not None and ema:
+            self.ema.shadow = {k: v.clone() for k, v in ema.items()}
+        if meta.get("optimizer"):
+            ckpt.load_optimizer(self.opt, tensors, meta["optimizer"])
+
+    # ---------------------------------------------------------------- stages
+
+    def _stage_total(self) -> int:
+        return self._ae_steps() if self.state.stage == STAGE_AE else self.cfg.train.steps
+
+    def _setup_stage(self) -> None:
+        stage = self.state.stage
+        params = _trainable(self.model, stage)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        for p in params.values():
+            p.requires_grad_(True)
+        lr = self.cfg.train.ae_lr if stage == STAGE_AE else self.cfg.train.lr
+        self.opt = _make_optimizer(self.cfg, params, lr)
+        self.ema = EMA(params, self.cfg.train.ema_decay) if stage == STAGE_MAIN else None
+        module = LossModule(self.model, stage)
+        if self.world > 1:
+            module = torch.nn.parallel.DistributedDataParallel(module)
+        self.module = module
+        self.params = params
+
+    def _finish_codec(self) -> None:
+        """Freeze the codec and measure its latent statistics on training images."""
+        codec = self.model.codec
+        batch = make_batch(self.cfg, STAGE_AE, 10**6, 0, 1, size=256)
+        with torch.no_grad():
+            raw = codec.encode_raw(batch.target)
+        codec.set_statistics(raw)
+        self.state = RunState(STAGE_MAIN, 0)
+        self._setup_stage()
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        latest = ckpt.latest_checkpoint(self.out)
+        if latest is not None:
+            self.resume(latest)
+            if self.rank == 0:
+                print(f"resuming from {latest} ({self.state.stage} step {self.state.step})", file=sys.stderr)
+        else:
+            self._setup_stage()
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "hyperparameters.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.state.stage == STAGE_AE and self.state.step >= self._ae_steps():
+            self._finish_codec()
+        while True:
+            done = self._run_stage()
+            if not done:
+                return self.save() or self.out
+            if self.state.stage == STAGE_AE:
+                self._finish_codec()
+                continue
+            break
+        final = self.out / "final"
+        if self.rank == 0:
+            self.save()
+            weights = self.model.saved_state()
+            weights = {**weights, **{k: v for k, v in self.ema.shadow.items() if k in weights}}
+            self.model.save(final, weights)
+            print(f"done: {cfg.name} trained {self.state.step} steps; model written to {final}", file=sys.stderr)
+        return final
+
+    def _run_stage(self) -> bool:
+        """Train the current stage to its end; False when stopped early by max_steps."""
+        cfg, stage = self.cfg, self.state.stage
+        total = self._stage_total()
+        base_lr = cfg.train.ae_lr if stage == STAGE_AE else cfg.train.lr
+        warmup = min(cfg.train.warmup, max(1, total // 10))
+        bar = tqdm(total=total, initial=self.state.step, desc=f"{cfg.name}:{stage}", disable=not self.progress or self.rank != 0, dynamic_ncols=True)
+        log_path = self.out / "log.jsonl"
+        tic, seen = time.perf_counter(), 0
+        self.model.train()
+        try:
+            while self.state.step < total:
+                if self.max_steps is not None and self.steps_run >= self.max_steps:
+                    return False
+                step = self.state.step
+                for group in self.opt.param_groups:
+                    group["lr"] = lr_at(cfg, step, base_lr, total, warmup)
+                batch = make_batch(cfg, stage, step, self.rank, self.world)
+                gen = torch.Generator().manual_seed(step_seed(cfg, stage, step, self.rank))
+                loss, logs = self.module(batch, gen)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.train.grad_clip)
+                self.opt.step()
+                if self.ema is not None:
+                    self.ema.update(self.params, step)
+                self.state.step += 1
+                self.steps_run += 1
+                seen += batch.target.shape[0] * self.world
+                if not math.isfinite(logs["loss"]):
+                    raise FloatingPointError(f"loss became {logs['loss']} at {stage} step {step}; lower train.lr and resume")
+                if self.rank == 0 and (self.state.step % cfg.train.log_every == 0 or self.state.step == total):
+                    rate = seen / max(1e-9, time.perf_counter() - tic)
+                    bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{rate:.1f}")
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps({"stage": stage, "step": self.state.step, "lr": self.opt.param_groups[0]["lr"],
+                                            "grad_norm": float(grad_norm), "img_s": rate, **logs}) + "\n")
+                bar.update(1)
+                if self.state.step % cfg.train.checkpoint_every == 0 and self.state.step < total:
+                    self.save()
+        except KeyboardInterrupt:
+            if self.rank == 0:
+                path = self.save()
+                print(f"\ninterrupted: checkpoint saved at {path}; run the same command to resume", file=sys.stderr)
+            raise
+        finally:
+            bar.close()
+        return True
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def resolve_config(preset: str, overrides: list[str], steps: int | None) -> ModelConfig:
+    cfg = load_preset(preset)
+    values = cfg.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: use section.key=value, e.g. --set train.lr=1e-4")
+        key, raw = item.split("=", 1)
+        parts = key.split(".")
+        if len(parts) != 2 or parts[0] not in values or not isinstance(values[parts[0]], dict):
+            raise ConfigError(f"--set {item!r}: {key!r} is not section.key; sections: {sorted(k for k in values if k != 'name')}")
+        values[parts[0]][parts[1]] = yaml.safe_load(raw)
+    if steps is not None:
+        values["train"]["steps"] = steps
+    return from_dict(values, where=f"preset {preset!r} with overrides")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qk-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", help=f"preset name ({', '.join(preset_names())}) or a YAML file (default: small)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints/, final/, log.jsonl; resumed if it has checkpoints")
+    parser.add_argument("--steps", type=int, default=None, help="total main-stage steps (overrides train.steps; raise it to train longer)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-4")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps in this call")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = resolve_config(args.preset, args.set, args.steps)
+        out = Path(args.out)
+        existing = out / "hyperparameters.yaml"
+        if existing.exists() and ckpt.latest_checkpoint(out) is not None:
+            old = from_dict(yaml.safe_load(existing.read_text()), where=str(existing))
+            if old.replace(train={"steps": cfg.train.steps}) != cfg:
+                raise ConfigError(
+                    f"{out} holds a run with a different config ({existing}); resume it with the same "
+                    f"--preset/--set, or train into a new --out folder"
+                )
+            if old.train.steps != cfg.train.steps:
+                existing.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    except (ConfigError, ckpt.CheckpointError) as exc:
+        print(f"qk-train: error: {exc}", file=sys.stderr)
+        return 2
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+    try:
+        Trainer(cfg, out, progress=not args.no_progress, max_steps=args.max_steps).run()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The export contract: one description per exported network of its inputs, outputs, dynamic
+axes and TensorRT optimization profiles (min / opt / max shapes).
+
+Export writes graphs to match it, `qk-build` reads its profiles, and the runtimes bind tensors
+by these names. It is plain Python so that the runtime (which never imports torch) and the
+export code (which does) read the same description.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.json"
+
+# Guidance batches: an edit runs 3 branches (text+image, image only, neither), generation 2.
+MAX_BATCH = 3
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Every size the graphs depend on, read from the model config."""
+
+    image_size: int  # S: pixels per side of the exported resolution
+    latent_channels: int  # C
+    factor: int  # pixels per latent pixel
+    patch: int  # latent pixels per token side
+    max_length: int  # L: text tokens
+    text_width: int  # Wt
+    kontext_tokens: int  # K (0 without a gateway)
+    width: int  # D: decoder width
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.factor
+
+    @property
+    def grid(self) -> int:
+        return self.latent_size // self.patch
+
+    @property
+    def tokens(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def token_dim(self) -> int:
+        return self.latent_channels * self.patch * self.patch
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # "float32" | "int64"
+    shape: tuple  # ints, or strings naming dynamic axes ("batch", "active")
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # TensorRT profile: each dynamic axis name -> (min, opt, max)
+    axis_ranges: tuple[tuple[str, tuple[int, int, int]], ...]
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """The torch.onnx.export form: tensor name -> {axis index: axis name}."""
+        out: dict[str, dict[int, str]] = {}
+        for t in self.inputs + self.outputs:
+            axes = {i: d for i, d in enumerate(t.shape) if isinstance(d, str)}
+            if axes:
+                out[t.name] = axes
+        return out
+
+    def profile(self) -> dict[str, dict[str, list[int]]]:
+        """Input name -> {"min": shape, "opt": shape, "max": shape} for TensorRT."""
+        ranges = dict(self.axis_ranges)
+        prof = {}
+        for t in self.inputs:
+            prof[t.name] = {
+                key: [ranges[d][i] if isinstance(d, str) else d for d in t.shape]
+                for i, key in enumerate(("min", "opt", "max"))
+            }
+        return prof
+
+    def to_dict(self) -> dict:
+        return {
+            "file": self.file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "dynamic_axes": {k: {str(i): n for i, n in v.items()} for k, v in self.dynamic_axes().items()},
+            "profile": self.profile(),
+        }
+
+
+def _f(name: str, *shape) -> TensorSpec:
+    return TensorSpec(name, "float32", tuple(shape))
+
+
+def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: bool = False) -> dict[str, GraphSpec]:
+    """The graphs of a bundle. `region` adds the sparse decoder that runs on active tokens only."""
+    B = "batch"
+    S, C, h = d.image_size, d.latent_channels, d.latent_size
+    batch = (B, (1, MAX_BATCH, MAX_BATCH))
+    cond = (_f("text", B, d.max_length, d.text_width), _f("text_mask", B, d.max_length))
+    image_inputs = (_f("source", B, C, h, h), _f("region", B, 1, h, h))
+    specs = {
+        "text_encoder": GraphSpec(
+            "text_encoder", "text_encoder.onnx",
+            (TensorSpec("input_ids", "int64", (B, d.max_length)), TensorSpec("attention_mask", "int64", (B, d.max_length))),
+            (_f("hidden", B, d.max_length, d.text_width),),
+            (batch,),
+        ),
+        "image_encoder": GraphSpec(
+            "image_encoder", "image_encoder.onnx", (_f("image", B, 3, S, S),), (_f("latent", B, C, h, h),), ((B, (1, 1, 2)),)
+        ),
+        "image_decoder": GraphSpec(
+            "image_decoder", "image_decoder.onnx", (_f("latent", B, C, h, h),), (_f("image", B, 3, S, S),), ((B, (1, 1, 2)),)
+        ),
+    }
+    if gateway:
+        specs["gateway"] = GraphSpec(
+            "gateway", "gateway.onnx", cond + image_inputs + (_f("flags", B, 2),),
+            (_f("kontext", B, d.kontext_tokens, d.width),), (batch,),
+        )
+    if gate and gateway:
+        specs["cmg"] = GraphSpec(
+            "cmg", "cmg.onnx", (_f("kontext", B, d.kontext_tokens, d.width),) + image_inputs,
+            (_f("gate", B, d.tokens),), ((B, (1, 1, MAX_BATCH)),),
+        )
+    step_inputs = (
+        (_f("x", B, C, h, h), _f("sigma", B)) + cond
+        + ((_f("kontext", B, d.kontext_tokens, d.width),) if gateway else ())
+        + image_inputs + (_f("gate_map", B, 1, h, h), _f("flags", B, 2))
+    )
+    specs["decoder"] = GraphSpec("decoder", "decoder.onnx", step_inputs, (_f("velocity", B, C, h, h),), (batch,))
+    if region:
+        n = d.tokens
+        specs["decoder_region"] = GraphSpec(
+            "decoder_region", "decoder_region.onnx",
+            step_inputs + (TensorSpec("active", "int64", (B, "active")),),
+            (_f("velocity", B, C, h, h),),
+            (batch, ("active", (max(1, n // 4), n // 4 if n >= 4 else 1, n))),
+        )
+    return specs
