@@ -178,11 +178,36 @@ def _build(cls, values: Any, where: str):
                 value = tuple(tuple(pair) for pair in value)
             else:
                 value = tuple(value)
-        kwargs[name] = value
+        kwargs[name] = _coerce(value, default, f"{where}: {name}")
     try:
         return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - guarded by the key check above
         raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check a value against the type of its default; numbers written as strings ("3e-4") are read."""
+    if value is None or default is None:
+        return value
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, str):
+                raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}={value!r} should be a {type(default).__name__} like {default!r}") from None
+    return value
 
 
 _SECTIONS = {
