@@ -76,6 +76,8 @@ class DataConfig:
     bucket_weights: tuple[float, ...] = (0.25, 0.5, 0.25)
     exclude_pairs: tuple[tuple[str, str], ...] = ()  # (colour, shape) never drawn: the probe
     backgrounds: tuple[str, ...] | None = None  # None: the four ShapeWorld backgrounds
+    edit_manifest: str | None = None  # JSONL of your own edit pairs: replaces ShapeWorld edits
+    caption_json: str | None = None  # COCO captions JSON of your own images: replaces ShapeWorld generation
 
 
 @dataclass(frozen=True)

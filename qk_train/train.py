@@ -10,6 +10,7 @@ same weights as one that ran straight through (on CPU, same thread count).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -23,10 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
+from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .config import ConfigError, ModelConfig, from_dict, load_preset, preset_names
+from .data.manifest import DataError
 from .data.shapeworld import make_edit, make_generation
 from .models.unified import Batch, QKModel
 
@@ -60,6 +63,46 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
+@functools.lru_cache(maxsize=4)
+def _user_edits(path: str):
+    from .data.manifest import read_edit_manifest
+
+    return read_edit_manifest(path)
+
+
+@functools.lru_cache(maxsize=4)
+def _user_captions(path: str):
+    from .data.manifest import read_coco_captions
+
+    return read_coco_captions(path)
+
+
+def _resize(image: np.ndarray, side: int, nearest: bool = False) -> np.ndarray:
+    if image.shape[:2] == (side, side):
+        return image
+    mode = Image.NEAREST if nearest else Image.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((side, side), mode))
+
+
+def user_edit_sample(record, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int, int, int] | None]:
+    """A manifest record at the bucket's side: source, target, change mask, box (scaled)."""
+    h, w = record.source.shape[:2]
+    source, target = _resize(record.source, side), _resize(record.target, side)
+    if record.mask is not None:
+        change = _resize(record.mask.astype(np.uint8) * 255, side, nearest=True) > 127
+    else:
+        change = np.abs(source.astype(np.int16) - target.astype(np.int16)).max(-1) > 8
+    box = record.box
+    if box is not None:
+        sx, sy = side / w, side / h
+        box = (int(box[0] * sx), int(box[1] * sy), max(int(np.ceil(box[2] * sx)), int(box[0] * sx) + 1),
+               max(int(np.ceil(box[3] * sy)), int(box[1] * sy) + 1))
+    elif change.any():
+        ys, xs = np.nonzero(change)
+        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return source, target, change, box
+
+
 def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, size: int | None = None) -> Batch:
     """The batch of one rank at one step; sample indices never repeat across steps and ranks."""
     size = size or (cfg.train.ae_batch_size if stage == STAGE_AE else cfg.train.batch_size)
@@ -71,16 +114,28 @@ def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, s
     for i in range(size):
         index = base + i
         if rng.random() < cfg.train.edit_fraction:
-            s = make_edit("train", index, side, **opts)
-            targets.append(s.target)
-            sources.append(s.source)
-            changes.append(s.mask.astype(np.float32))
-            keep_box = rng.random() >= cfg.train.drop_box
-            regions.append(box_mask(s.box, side) if keep_box else np.zeros((side, side), np.float32))
+            if cfg.data.edit_manifest:
+                records = _user_edits(cfg.data.edit_manifest)
+                record = records[index % len(records)]
+                source, target, change, box = user_edit_sample(record, side)
+                instruction = record.instruction
+            else:
+                s = make_edit("train", index, side, **opts)
+                source, target, change, box, instruction = s.source, s.target, s.mask, s.box, s.instruction
+            targets.append(target)
+            sources.append(source)
+            changes.append(change.astype(np.float32))
+            keep_box = box is not None and rng.random() >= cfg.train.drop_box
+            regions.append(box_mask(box, side) if keep_box else np.zeros((side, side), np.float32))
             is_edit.append(1.0)
-            texts.append(s.instruction)
+            texts.append(instruction)
         else:
-            image, caption, _ = make_generation("train", index, side, **opts)
+            if cfg.data.caption_json:
+                records = _user_captions(cfg.data.caption_json)
+                record = records[index % len(records)]
+                image, caption = _resize(record.image, side), record.caption
+            else:
+                image, caption, _ = make_generation("train", index, side, **opts)
             targets.append(image)
             sources.append(np.zeros_like(image))
             changes.append(np.ones((side, side), np.float32))
@@ -161,8 +216,8 @@ def _dist_info() -> tuple[int, int]:
 def _trainable(model: QKModel, stage: str) -> dict[str, torch.nn.Parameter]:
     if stage == STAGE_AE:
         return {f"codec.{n}": p for n, p in model.codec.named_parameters()}
-    prefixes = model.trainable_prefixes()
-    return {n: p for n, p in model.named_parameters() if n.startswith(prefixes) and p.requires_grad}
+    prefixes = model.trainable_prefixes()  # requires_grad is what the previous stage left: not a guide
+    return {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}
 
 
 def _make_optimizer(cfg: ModelConfig, params: dict[str, torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
@@ -271,6 +326,8 @@ class Trainer:
             if self.rank == 0:
                 print(f"resuming from {latest} ({self.state.stage} step {self.state.step})", file=sys.stderr)
         else:
+            if self.cfg.codec.kind == "pretrained":  # no autoencoder stage: measure its latents now
+                self._finish_codec()
             self._setup_stage()
             if self.rank == 0:
                 self.out.mkdir(parents=True, exist_ok=True)
@@ -388,7 +445,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if old.train.steps != cfg.train.steps:
                 existing.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    except (ConfigError, ckpt.CheckpointError) as exc:
+        if cfg.data.edit_manifest:
+            _user_edits(cfg.data.edit_manifest)  # read (and check) once, before any training
+        if cfg.data.caption_json:
+            _user_captions(cfg.data.caption_json)
+    except (ConfigError, ckpt.CheckpointError, DataError) as exc:
         print(f"qk-train: error: {exc}", file=sys.stderr)
         return 2
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():

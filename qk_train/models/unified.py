@@ -78,7 +78,7 @@ class QKModel(nn.Module):
     def main_parameters(self) -> list[nn.Parameter]:
         """Parameters trained by the joint objective (the codec is trained before, then frozen)."""
         prefixes = self.trainable_prefixes()
-        return [p for n, p in self.named_parameters() if n.startswith(prefixes) and p.requires_grad]
+        return [p for n, p in self.named_parameters() if n.startswith(prefixes)]
 
     def saved_state(self) -> dict[str, torch.Tensor]:
         """Weights that go into a checkpoint: everything but a frozen pretrained text encoder."""

@@ -91,3 +91,49 @@ def test_two_process_ddp_gloo(tmp_path):
     meta = json.loads(next((out / "checkpoints").iterdir()).joinpath("train_state.json").read_text())
     assert meta["world"] == 2 and meta["step"] == 6
     assert (out / "final" / "model.safetensors").exists()
+
+
+def _write_png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+def test_trains_on_a_users_edit_manifest(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(3):
+        src = rng.integers(0, 255, (50, 70, 3), dtype=np.uint8)
+        tgt = src.copy()
+        tgt[10:20, 30:40] = (255, 0, 0)
+        _write_png(tmp_path / f"s{i}.png", src)
+        _write_png(tmp_path / f"t{i}.png", tgt)
+        lines.append(json.dumps({"source": f"s{i}.png", "instruction": "make the patch red", "target": f"t{i}.png",
+                                 "box": [30, 10, 40, 20]}))
+    (tmp_path / "edits.jsonl").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--out", str(out), "--steps", "3", "--no-progress",
+            "--set", f"data.edit_manifest={tmp_path / 'edits.jsonl'}", "--set", "train.edit_fraction=1.0"]
+    assert main(args) == 0
+    assert (out / "final" / "model.safetensors").exists()
+    (tmp_path / "bad.jsonl").write_text(lines[0] + "\n{not json\n")
+    bad = ["--preset", "tiny", "--out", str(tmp_path / "run2"), "--set", f"data.edit_manifest={tmp_path / 'bad.jsonl'}"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and not (tmp_path / "run2").exists()
+
+
+def test_autoencoder_stage_then_joint_stage_resumes(tmp_path):
+    sets = ["codec.kind=tiny_ae", "codec.block_channels=[8,8,8]", "decoder.patch=2", "train.ae_steps=4",
+            "train.ae_batch_size=4", "train.steps=4", "train.checkpoint_every=2"]
+    cfg = resolve_config("tiny", sets, None)
+    Trainer(cfg, tmp_path / "straight", progress=False).run()
+    Trainer(cfg, tmp_path / "stopped", progress=False, max_steps=4).run()  # ends right after the AE stage
+    Trainer(cfg, tmp_path / "stopped", progress=False).run()
+    a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "final" / "model.safetensors"))
+    assert float(a["codec.scale"].min()) > 0 and not torch.equal(a["codec.scale"], torch.ones_like(a["codec.scale"]))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    model = QKModel.from_checkpoint(tmp_path / "stopped" / "final")
+    assert model.factor == 4
