@@ -108,12 +108,12 @@ class Pipeline:
     def side(self) -> int:
         return self.cfg.data.image_size
 
-    def sigmas(self, steps: int) -> torch.Tensor:
+    def scheduler(self, steps: int):
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
-        sched.set_timesteps(steps)
-        return sched.sigmas.to(torch.float32)  # (steps + 1,), last is 0
+        sched.set_timesteps(steps)  # sigmas: (steps + 1,), from 1 down to 1/1000, then 0
+        return sched
 
     def _noise(self, seed: int, h: int, w: int) -> torch.Tensor:
         return torch.from_numpy(portable_normal(seed, (1, self.model.codec.channels, h, w)))
@@ -140,12 +140,12 @@ class Pipeline:
         kontext = m.kontext(text, mask, zeros, region, flags)
         gate_map = torch.ones(2, 1, h, w)
         x = self._noise(seed, h, w)
-        sig = self.sigmas(steps)
-        for i in range(steps):
-            sigma = sig[i].expand(2)
+        sched = self.scheduler(steps)
+        for i, t in enumerate(sched.timesteps):
+            sigma = sched.sigmas[i].to(torch.float32).expand(2)
             v = m.decoder(x.expand(2, -1, -1, -1), sigma, text, mask, kontext, zeros, region, gate_map, flags)
             v = v[1:2] + s_txt * (v[0:1] - v[1:2])
-            x = x + (sig[i + 1] - sig[i]) * v
+            x = sched.step(v, t, x).prev_sample
         img = m.codec.decode(x)[0]
         return PipelineOutput(image=_to_uint8(img))
 
@@ -200,9 +200,9 @@ class Pipeline:
             active = torch.from_numpy(idx)[None].expand(3, -1)
 
         x = self._noise(seed, h, w)
-        sig = self.sigmas(steps)
-        for i in range(steps):
-            sigma = sig[i].expand(3)
+        sched = self.scheduler(steps)
+        for i, t in enumerate(sched.timesteps):
+            sigma = sched.sigmas[i].to(torch.float32).expand(3)
             xb = x.expand(3, -1, -1, -1)
             if active is None:
                 v = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags)
@@ -212,7 +212,7 @@ class Pipeline:
                 v = _scatter_tokens(back, v_tok, active[0], p)
             v = QKModel.gated_velocity(v, xb, sources, sigma, gate_maps)
             v = v[2:3] + s_img * (v[1:2] - v[2:3]) + s_txt * (v[0:1] - v[1:2])
-            x = x + (sig[i + 1] - sig[i]) * v
+            x = sched.step(v, t, x).prev_sample
         out = m.codec.decode(x)  # (1, 3, S, S)
         if m.cmg is not None:  # pixels outside the active region are the source's own
             pix = F.interpolate(gate_map, scale_factor=m.factor, mode="nearest") if m.factor > 1 else gate_map
