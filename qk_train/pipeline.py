@@ -125,85 +125,111 @@ class Pipeline:
 
     # ------------------------------------------------------------------ generation
 
-    @torch.no_grad()
     def generate(self, prompt: str, *, steps: int | None = None, guidance: float | None = None, seed: int = 0) -> PipelineOutput:
+        return self.generate_batch([prompt], steps=steps, guidance=guidance, seeds=[seed])[0]
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[str], *, steps: int | None = None, guidance: float | None = None,
+                       seeds: list[int] | None = None) -> list[PipelineOutput]:
+        """Text-to-image for several prompts at once; each equals `generate` alone."""
         m = self.model
+        n = len(prompts)
+        seeds = list(seeds) if seeds is not None else [0] * n
         steps = steps or self.steps
         s_txt = self.text_guidance if guidance is None else guidance
-        side = self.side
-        h = w = side // m.factor
+        h = w = self.side // m.factor
         C = m.codec.channels
-        text, mask = m.text_states([prompt, ""])  # (2, L, Wt)
-        zeros = torch.zeros(2, C, h, w)
-        region = torch.zeros(2, 1, h, w)
-        flags = torch.zeros(2, 2)
+        text, mask = m.text_states(list(prompts) + [""] * n)  # (2n, L, Wt): conditioned, then unconditioned
+        zeros = torch.zeros(2 * n, C, h, w)
+        region = torch.zeros(2 * n, 1, h, w)
+        flags = torch.zeros(2 * n, 2)
         kontext = m.kontext(text, mask, zeros, region, flags)
-        gate_map = torch.ones(2, 1, h, w)
-        x = self._noise(seed, h, w)
+        gate_map = torch.ones(2 * n, 1, h, w)  # m = 1: text-to-image changes everything
+        x = torch.cat([self._noise(sd, h, w) for sd in seeds])
         sched = self.scheduler(steps)
         for i, t in enumerate(sched.timesteps):
-            sigma = sched.sigmas[i].to(torch.float32).expand(2)
-            v = m.decoder(x.expand(2, -1, -1, -1), sigma, text, mask, kontext, zeros, region, gate_map, flags)
-            v = v[1:2] + s_txt * (v[0:1] - v[1:2])
+            sigma = sched.sigmas[i].to(torch.float32).expand(2 * n)
+            v = m.decoder(x.repeat(2, 1, 1, 1), sigma, text, mask, kontext, zeros, region, gate_map, flags)
+            v = v[n:] + s_txt * (v[:n] - v[n:])
             x = sched.step(v, t, x).prev_sample
-        img = m.codec.decode(x)[0]
-        return PipelineOutput(image=_to_uint8(img))
+        images = m.codec.decode(x)
+        return [PipelineOutput(image=_to_uint8(images[k])) for k in range(n)]
 
     # ------------------------------------------------------------------ editing
 
-    @torch.no_grad()
+    def _prepare_box(self, box, H0: int, W0: int):
+        if box is None:
+            return None
+        box = check_box(box, W0, H0)
+        if (H0, W0) != (self.side, self.side):  # scale the box with the image
+            sx, sy = self.side / W0, self.side / H0
+            x0, y0 = int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy))
+            box = (x0, y0, max(int(np.ceil(box[2] * sx)), x0 + 1), max(int(np.ceil(box[3] * sy)), y0 + 1))
+        return box
+
     def edit(self, image: np.ndarray, instruction: str, box=None, *, steps: int | None = None,
              text_guidance: float | None = None, image_guidance: float | None = None, seed: int = 0,
              sparse: str = "none") -> PipelineOutput:
+        return self.edit_batch([image], [instruction], [box], steps=steps, text_guidance=text_guidance,
+                               image_guidance=image_guidance, seeds=[seed], sparse=sparse)[0]
+
+    @torch.no_grad()
+    def edit_batch(self, images: list[np.ndarray], instructions: list[str], boxes: list | None = None, *,
+                   steps: int | None = None, text_guidance: float | None = None, image_guidance: float | None = None,
+                   seeds: list[int] | None = None, sparse: str = "none") -> list[PipelineOutput]:
+        """Several edits at once (one decoder call per step for all of them); each equals `edit` alone."""
         if sparse not in ("none", "region"):
             raise ValueError(f"sparse={sparse!r}; the torch pipeline supports 'none' and 'region'")
+        n = len(images)
+        if sparse == "region" and n != 1:
+            raise ValueError("sparse='region' runs one edit at a time (each has its own active tokens)")
+        boxes = list(boxes) if boxes is not None else [None] * n
+        seeds = list(seeds) if seeds is not None else [0] * n
+        if not (len(instructions) == len(boxes) == len(seeds) == n):
+            raise ValueError("images, instructions, boxes and seeds must have the same length")
         m = self.model
         steps = steps or self.steps
         s_txt = self.text_guidance if text_guidance is None else text_guidance
         s_img = self.image_guidance if image_guidance is None else image_guidance
-        H0, W0 = image.shape[:2]
-        if box is not None:
-            box = check_box(box, W0, H0)
-            if (H0, W0) != (self.side, self.side):  # scale the box with the image
-                sx, sy = self.side / W0, self.side / H0
-                box = (int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy)),
-                       max(int(np.ceil(box[2] * sx)), int(np.floor(box[0] * sx)) + 1),
-                       max(int(np.ceil(box[3] * sy)), int(np.floor(box[1] * sy)) + 1))
-        src_img = self._to_model_side(image)
         side = self.side
-        src_px = torch.from_numpy(src_img.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]  # (1, 3, S, S)
-        src = m.codec.encode(src_px)  # (1, C, h, w)
+        sizes = [img.shape[:2] for img in images]
+        boxes = [self._prepare_box(b, h0, w0) for b, (h0, w0) in zip(boxes, sizes)]
+        src_imgs = [self._to_model_side(img) for img in images]
+        src_px = torch.from_numpy(np.stack(src_imgs).astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)  # (n, 3, S, S)
+        src = m.codec.encode(src_px)  # (n, C, h, w)
         _, C, h, w = src.shape
-        region = m.latent_mask(torch.from_numpy(box_to_mask(box, side))[None, None])  # (1, 1, h, w)
-        has_region = 1.0 if box is not None else 0.0
+        region = m.latent_mask(torch.from_numpy(np.stack([box_to_mask(b, side) for b in boxes]))[:, None])  # (n, 1, h, w)
+        has_region = torch.tensor([0.0 if b is None else 1.0 for b in boxes])
 
-        text, mask = m.text_states([instruction, "", ""])  # branches: text+image, image, neither
+        # branches, each a block of n: text+image, image only, neither
+        text, mask = m.text_states(list(instructions) + [""] * (2 * n))  # (3n, L, Wt)
         sources = torch.cat([src, src, torch.zeros_like(src)])
         regions = torch.cat([region, region, torch.zeros_like(region)])
-        flags = torch.tensor([[1.0, has_region], [1.0, has_region], [0.0, 0.0]])
+        ones = torch.ones(n)
+        flags = torch.cat([torch.stack([ones, has_region], 1), torch.stack([ones, has_region], 1), torch.zeros(n, 2)])
         kontext = m.kontext(text, mask, sources, regions, flags)
 
         p = m.patch
         gh, gw = h // p, w // p
         if m.cmg is not None:
-            logits = m.gate_logits(None if kontext is None else kontext[:1], text[:1], mask[:1], src, region)
-            gate = torch.sigmoid(logits)[0]  # (N,)
+            logits = m.gate_logits(None if kontext is None else kontext[:n], text[:n], mask[:n], src, region)
+            gate = torch.sigmoid(logits)  # (n, N)
         else:
-            gate = torch.ones(gh * gw)
+            gate = torch.ones(n, gh * gw)
         m_tok = (gate > self.gate_threshold).float() if self.gate_threshold is not None else gate
-        gate_map = m.gate_map(m_tok[None], h, w)  # (1, 1, h, w)
-        gate_maps = gate_map.expand(3, -1, -1, -1)
+        gate_map = m.gate_map(m_tok, h, w)  # (n, 1, h, w)
+        gate_maps = gate_map.repeat(3, 1, 1, 1)
 
         active = None
         if sparse == "region":
-            idx = active_token_indices(m_tok.numpy() > 0.5, gh, gw)
+            idx = active_token_indices(m_tok[0].numpy() > 0.5, gh, gw)
             active = torch.from_numpy(idx)[None].expand(3, -1)
 
-        x = self._noise(seed, h, w)
+        x = torch.cat([self._noise(sd, h, w) for sd in seeds])  # (n, C, h, w)
         sched = self.scheduler(steps)
         for i, t in enumerate(sched.timesteps):
-            sigma = sched.sigmas[i].to(torch.float32).expand(3)
-            xb = x.expand(3, -1, -1, -1)
+            sigma = sched.sigmas[i].to(torch.float32).expand(3 * n)
+            xb = x.repeat(3, 1, 1, 1)
             if active is None:
                 v = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags)
             else:
@@ -211,17 +237,22 @@ class Pipeline:
                 back = (xb - sources) / sigma.clamp_min(1e-3)[:, None, None, None]
                 v = _scatter_tokens(back, v_tok, active[0], p)
             v = QKModel.gated_velocity(v, xb, sources, sigma, gate_maps)
-            v = v[2:3] + s_img * (v[1:2] - v[2:3]) + s_txt * (v[0:1] - v[1:2])
+            v_ti, v_ui, v_uu = v[:n], v[n:2 * n], v[2 * n:]
+            v = v_uu + s_img * (v_ui - v_uu) + s_txt * (v_ti - v_ui)
             x = sched.step(v, t, x).prev_sample
-        out = m.codec.decode(x)  # (1, 3, S, S)
+        out = m.codec.decode(x)  # (n, 3, S, S)
         if m.cmg is not None:  # pixels outside the active region are the source's own
             pix = F.interpolate(gate_map, scale_factor=m.factor, mode="nearest") if m.factor > 1 else gate_map
             out = pix * out + (1 - pix) * src_px
-        result = _to_uint8(out[0])
-        if (H0, W0) != (side, side):
-            result = np.asarray(Image.fromarray(result).resize((W0, H0), Image.BILINEAR))
-        return PipelineOutput(image=result, gate=gate.reshape(gh, gw).numpy(),
-                              active_tokens=None if active is None else int(active.shape[1]))
+        results = []
+        for k in range(n):
+            result = _to_uint8(out[k])
+            H0, W0 = sizes[k]
+            if (H0, W0) != (side, side):
+                result = np.asarray(Image.fromarray(result).resize((W0, H0), Image.BILINEAR))
+            results.append(PipelineOutput(image=result, gate=gate[k].reshape(gh, gw).numpy(),
+                                          active_tokens=None if active is None else int(active.shape[1])))
+        return results
 
 
 def _scatter_tokens(full: torch.Tensor, tokens: torch.Tensor, index: torch.Tensor, p: int) -> torch.Tensor:

@@ -1,0 +1,23 @@
+import json
+
+from qk_train.data.shapeworld import EDIT_KINDS
+from qk_train.eval.evaluate import main
+
+
+def test_qk_eval_writes_every_figure(tiny_run, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["--model", str(tiny_run / "final"), "--n", "5", "--gen-n", "2", "--steps", "2", "--json", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    for setting in ("box", "no_box"):
+        table = r["edit_success"][setting]
+        assert set(table) == {*EDIT_KINDS, "overall"}
+        assert all(0.0 <= table[k] <= 1.0 for k in table)
+        assert 0.0 <= r["drift"][setting] <= 1.0 and 0.0 <= r["inside_error"][setting] <= 1.0
+    assert 0.0 <= r["gen_accuracy"] <= 1.0 and r["n_edits"] == 5
+    assert "overall" in capsys.readouterr().out
+
+
+def test_qk_eval_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["--model", str(tmp_path / "nope"), "--json", str(tmp_path / "r.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
