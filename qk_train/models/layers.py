@@ -33,7 +33,7 @@ class Attention(nn.Module):
         context = x if context is None else context
         S = context.shape[1]
         q = self.q(x).reshape(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k, v = self.kv(context).reshape(B, S, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, S, hd)
+        k, v = self.kv(context).reshape(B, S, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, S, hd)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, S)
         if key_bias is not None:
             scores = scores + key_bias[:, None, None, :]
