@@ -1,0 +1,182 @@
+"""The backend interface and how a backend is chosen.
+
+Every backend runs the bundle's graphs by name with numpy feeds and returns numpy outputs:
+
+    with make_backend("ort-cpu", bundle) as be:
+        out = be.infer("decoder", {"x": x, "sigma": sigma, ...})  # -> {"velocity": array}
+
+like Polygraphy's runners (activate / infer / deactivate, usable as a context manager), so
+parity between backends is one loop. `activate(graphs)` loads the graphs named (all by default)
+so that their load time is paid there; a graph not loaded at activation loads on first use. Backends, one small class per module, imported lazily:
+
+| name     | module             | runs on                                         |
+|----------|--------------------|-------------------------------------------------|
+| ort-cpu  | backend_ort        | ONNX Runtime, CPU execution provider            |
+| ort-cuda | backend_ort        | ONNX Runtime, CUDA execution provider           |
+| ort-trt  | backend_ort        | ONNX Runtime, TensorRT execution provider       |
+| ov-cpu   | backend_openvino   | OpenVINO on the CPU (reads the ONNX files)      |
+| tensorrt | backend_tensorrt   | TensorRT engines built by `qk-build`            |
+
+Aliases: `ort` = ort-cpu, `openvino` = ov-cpu, `trt` = tensorrt. `auto` picks the fastest one
+available and says why (`Choice.reason`); a backend asked for by name that cannot run here is an
+error naming what is missing and the pip command, never a silent fallback.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import BackendUnavailable
+
+log = logging.getLogger("qk_runtime")
+
+BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "tensorrt")
+ALIASES = {"ort": "ort-cpu", "onnxruntime": "ort-cpu", "openvino": "ov-cpu", "trt": "tensorrt"}
+CHOICES = ("auto",) + BACKENDS + tuple(ALIASES)
+
+
+class Backend:
+    """Runs a bundle's graphs. Subclasses set `name` and implement the three methods below."""
+
+    name = "base"
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.is_active = False
+
+    # -- the interface
+    def activate(self, graphs: list[str] | None = None) -> None:
+        """Get ready to run; load `graphs` now (None: all). Others load on first use."""
+        raise NotImplementedError
+
+    def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def deactivate(self) -> None:
+        raise NotImplementedError
+
+    # -- shared helpers
+    def has(self, graph: str) -> bool:
+        return graph in self.bundle.graphs
+
+    def check_feeds(self, graph: str, feeds: dict[str, np.ndarray]) -> None:
+        info = self.bundle.graphs.get(graph)
+        if info is None:
+            raise KeyError(f"graph {graph!r} is not in bundle {self.bundle.path} (it has {sorted(self.bundle.graphs)})")
+        want, have = set(info.input_names), set(feeds)
+        if want != have:
+            raise ValueError(f"graph {graph!r} takes inputs {sorted(want)}, got {sorted(have)}")
+
+    def __enter__(self):
+        if not self.is_active:
+            self.activate()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.is_active:
+            self.deactivate()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.bundle.path}, active={self.is_active})"
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    reason: str
+
+
+def canonical(name: str) -> str:
+    name = ALIASES.get(name, name)
+    if name != "auto" and name not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(CHOICES)}")
+    return name
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _ort_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def choose(requested: str, bundle: Bundle) -> Choice:
+    """Resolve `auto` (and aliases) to one backend, with the reason; check that it can run."""
+    name = canonical(requested)
+    if name != "auto":
+        availability(name, bundle)  # raises BackendUnavailable with the fix
+        return Choice(name, "requested")
+    if _installed("tensorrt"):
+        from .backend_tensorrt import engines_ready
+
+        ready, why = engines_ready(bundle)
+        if ready:
+            return Choice("tensorrt", "TensorRT and engines built by qk-build for this GPU are present")
+        log.info("auto: not using TensorRT: %s", why)
+    providers = _ort_providers()
+    if "CUDAExecutionProvider" in providers:
+        return Choice("ort-cuda", "a CUDA build of ONNX Runtime is installed and no TensorRT engines were built for this bundle")
+    if _installed("openvino"):
+        return Choice("ov-cpu", "no GPU backend is available and OpenVINO is installed; on CPUs it ran this kind of DiT "
+                                "faster than ONNX Runtime (1.25x FP32, about 2x on Q/DQ INT8: see deployment notes)")
+    return Choice("ort-cpu", "no GPU backend and no OpenVINO (pip install openvino for faster CPU runs); using ONNX Runtime on the CPU")
+
+
+def availability(name: str, bundle: Bundle) -> None:
+    """Raise BackendUnavailable, naming what is missing and the fix, if `name` cannot run here."""
+    if name in ("ort-cpu", "ort-cuda", "ort-trt"):
+        if not _installed("onnxruntime"):
+            raise BackendUnavailable(f"backend {name} needs ONNX Runtime: pip install onnxruntime")
+        ep = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}[name]
+        providers = _ort_providers()
+        if ep not in providers:
+            fix = "pip uninstall onnxruntime && pip install onnxruntime-gpu (on a machine with an NVIDIA GPU and CUDA 12)"
+            if name == "ort-trt":
+                fix += ", plus the TensorRT libraries"
+            raise BackendUnavailable(f"backend {name} needs ONNX Runtime's {ep}, but this onnxruntime offers only {providers}; {fix}")
+    elif name == "ov-cpu":
+        if not _installed("openvino"):
+            raise BackendUnavailable("backend ov-cpu needs OpenVINO, which is not installed: pip install 'query-kontext[openvino]' (or pip install openvino)")
+    elif name == "tensorrt":
+        if not _installed("tensorrt"):
+            raise BackendUnavailable(
+                "backend tensorrt needs TensorRT, which is not installed: pip install 'query-kontext[trt]' "
+                "on a machine with an NVIDIA GPU, then build engines with qk-build"
+            )
+        from .backend_tensorrt import engines_ready
+
+        ready, why = engines_ready(bundle)
+        if not ready:
+            raise BackendUnavailable(f"backend tensorrt cannot run: {why}")
+
+
+def make_backend(name: str, bundle: Bundle, *, threads: int | None = None, **options) -> Backend:
+    """A backend instance by canonical name (not activated). `options` go to its constructor."""
+    name = canonical(name)
+    if name == "auto":
+        raise ValueError("resolve 'auto' with choose() first")
+    availability(name, bundle)
+    if name.startswith("ort-"):
+        from .backend_ort import OrtBackend
+
+        return OrtBackend(bundle, provider=name[4:], threads=threads, **options)
+    if name == "ov-cpu":
+        from .backend_openvino import OpenVinoBackend
+
+        return OpenVinoBackend(bundle, threads=threads, **options)
+    from .backend_tensorrt import TensorRTBackend
+
+    return TensorRTBackend(bundle, **options)

@@ -1,0 +1,161 @@
+"""`qk-edit` and `qk-generate`: thin command lines over `EditSession`.
+
+    qk-edit [--bundle DIR] --image IN --instruction TEXT [--box x0,y0,x1,y1] --out OUT
+            [--steps N] [--seed S] [--backend auto|ov-cpu|ort-cpu|ort-cuda|ort-trt|tensorrt]
+            [--sparse none|region] [--json TIMINGS.json]
+    qk-generate [--bundle DIR] --prompt TEXT --out OUT [--steps N] [--seed S] [--guidance G] ...
+
+Without --bundle, the shipped default bundle engines/default/int8. Errors print one line and
+exit with status 2; warnings (a truncated instruction) print one line each. The image and the
+timings JSON are written atomically (a temporary file in the same folder, then a rename).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from .backend import CHOICES
+from .errors import InputError, QKRuntimeError
+
+
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _image_format(path: Path) -> str:
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise InputError(f"--out {path}: cannot tell the image format from {path.suffix!r}; use .png, .jpg, .webp or .bmp")
+    return fmt
+
+
+def save_image(image, path: Path) -> None:
+    from PIL import Image
+
+    fmt = _image_format(path)
+    _atomic_write(path, lambda f: Image.fromarray(image).save(f, format=fmt))
+
+
+def save_json(data: dict, path: Path) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped engines/default/int8)")
+    p.add_argument("--out", type=Path, required=True, help="output image (.png, .jpg, ...)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--backend", choices=CHOICES, default="auto", help="backend (default auto: the fastest available)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: all cores)")
+    p.add_argument("--json", type=Path, default=None, help="write per-stage timings (milliseconds) to this JSON file")
+
+
+def _report(prog: str, session, result, args) -> None:
+    h, w = result.image.shape[:2]
+    print(f"{prog}: wrote {args.out} ({w}x{h}) in {result.timings['total']:.1f} ms ({session.open_ms:.0f} ms to load), {result.steps} steps, "
+          f"backend {session.backend_name} ({session.backend_reason})")
+    if args.json is not None:
+        save_json({
+            "bundle": str(session.bundle.path),
+            "backend": session.backend_name,
+            "backend_reason": session.backend_reason,
+            "steps": result.steps,
+            "seed": result.seed,
+            "active_tokens": result.active_tokens,
+            "open_ms": session.open_ms,
+            "timings_ms": result.timings,
+        }, args.json)
+
+
+def _run(prog: str, work) -> int:
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                work()
+            finally:
+                for w in caught:
+                    print(f"{prog}: warning: {w.message}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except QKRuntimeError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # anything else still gets one line, not a traceback
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def edit_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="qk-edit", description="Edit an image with a query-kontext bundle.")
+    p.add_argument("--image", required=True, help="input image file")
+    p.add_argument("--instruction", required=True, help="what to change, e.g. 'make the red circle blue'")
+    p.add_argument("--box", default=None, help="region x0,y0,x1,y1 in the input's pixels (x1, y1 exclusive)")
+    p.add_argument("--sparse", choices=("none", "region"), default=None,
+                   help="region: run the decoder on the edited region only (default: region if the bundle has it)")
+    p.add_argument("--text-guidance", type=float, default=None)
+    p.add_argument("--image-guidance", type=float, default=None)
+    _common(p)
+    args = p.parse_args(argv)
+
+    def work():
+        from .session import EditSession
+
+        _image_format(args.out)  # fail before the work, not after
+        with EditSession(args.bundle, backend=args.backend, threads=args.threads) as session:
+            result = session.edit(args.image, args.instruction, args.box, steps=args.steps, seed=args.seed,
+                                  text_guidance=args.text_guidance, image_guidance=args.image_guidance, sparse=args.sparse)
+            save_image(result.image, args.out)
+            _report("qk-edit", session, result, args)
+
+    return _run("qk-edit", work)
+
+
+def generate_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="qk-generate", description="Generate an image with a query-kontext bundle.")
+    p.add_argument("--prompt", required=True, help="what to draw, e.g. 'a red circle at the top left'")
+    p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the bundle's)")
+    _common(p)
+    args = p.parse_args(argv)
+
+    def work():
+        from .session import EditSession
+
+        _image_format(args.out)
+        with EditSession(args.bundle, backend=args.backend, threads=args.threads) as session:
+            result = session.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed)
+            save_image(result.image, args.out)
+            _report("qk-generate", session, result, args)
+
+    return _run("qk-generate", work)
+
+
+if __name__ == "__main__":
+    sys.exit(edit_main())

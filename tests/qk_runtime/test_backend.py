@@ -1,0 +1,91 @@
+"""The backend interface, choosing a backend, and refusing unavailable ones (never a fallback)."""
+import importlib.util
+
+import numpy as np
+import pytest
+
+from qk_runtime.backend import BACKENDS, choose, make_backend
+from qk_runtime.bundle import open_bundle
+from qk_runtime.errors import BackendUnavailable
+
+HAS_OV = importlib.util.find_spec("openvino") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _random_feeds(graph, rng):
+    feeds = {}
+    for t in graph.inputs:
+        shape = [d if isinstance(d, int) else graph.profile[t.name]["opt"][i] for i, d in enumerate(t.shape)]
+        if t.dtype == "int64":
+            high = 4 if t.name in ("input_ids", "active") else 2
+            feeds[t.name] = rng.integers(0, high, shape).astype(np.int64)
+        else:
+            feeds[t.name] = rng.standard_normal(shape).astype(np.float32)
+    if "attention_mask" in feeds:
+        feeds["attention_mask"][:, 0] = 1
+    if "active" in feeds:
+        feeds["active"] = np.repeat(np.arange(feeds["active"].shape[1], dtype=np.int64)[None], shape[0], 0)
+    if "sigma" in feeds:
+        feeds["sigma"] = np.abs(feeds["sigma"]) + 0.1
+    return feeds
+
+
+def test_backend_is_a_context_manager_that_runs_every_graph(fp32_bundle):
+    b = open_bundle(fp32_bundle)
+    rng = np.random.default_rng(0)
+    with make_backend("ort-cpu", b, threads=1) as be:
+        assert be.is_active
+        for name, g in b.graphs.items():
+            out = be.infer(name, _random_feeds(g, rng))
+            assert set(out) == set(g.output_names)
+            assert all(np.isfinite(v).all() for v in out.values())
+    assert not be.is_active
+
+
+@pytest.mark.skipif(not HAS_OV, reason="openvino not installed")
+def test_openvino_and_onnx_runtime_agree_graph_by_graph(region_bundle):
+    b = open_bundle(region_bundle)
+    rng = np.random.default_rng(1)
+    with make_backend("ort-cpu", b, threads=1) as ort_be, make_backend("ov-cpu", b, threads=1) as ov_be:
+        for name, g in b.graphs.items():
+            feeds = _random_feeds(g, rng)
+            a, c = ort_be.infer(name, feeds), ov_be.infer(name, feeds)
+            for k in a:
+                np.testing.assert_allclose(c[k], a[k], rtol=1e-4, atol=1e-4, err_msg=f"{name}.{k}")
+
+
+def test_auto_says_what_it_picked_and_why(fp32_bundle):
+    choice = choose("auto", open_bundle(fp32_bundle))
+    assert choice.name in BACKENDS and choice.reason
+    if not HAS_TRT and "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
+        assert choice.name == ("ov-cpu" if HAS_OV else "ort-cpu")
+
+
+def test_unknown_backend_lists_the_choices(fp32_bundle):
+    with pytest.raises(BackendUnavailable, match="unknown backend 'cuda'.*ort-cpu"):
+        choose("cuda", open_bundle(fp32_bundle))
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed")
+def test_tensorrt_requested_without_tensorrt_is_an_error_with_the_fix(fp32_bundle):
+    for name in ("tensorrt", "trt"):
+        with pytest.raises(BackendUnavailable, match=r"pip install 'query-kontext\[trt\]'"):
+            choose(name, open_bundle(fp32_bundle))
+
+
+def test_ort_gpu_providers_requested_without_them_are_errors(fp32_bundle):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    for name in ("ort-cuda", "ort-trt"):
+        with pytest.raises(BackendUnavailable, match="onnxruntime-gpu"):
+            make_backend(name, open_bundle(fp32_bundle))
+
+
+@pytest.mark.skipif(not HAS_TRT, reason="tensorrt not installed")
+def test_tensorrt_backend_refuses_missing_engines(fp32_bundle, tmp_path):  # pragma: no cover - GPU only
+    from qk_runtime.backend_tensorrt import TensorRTBackend
+
+    with pytest.raises(BackendUnavailable, match="qk-build --bundle"):
+        TensorRTBackend(open_bundle(fp32_bundle), engine_dir=tmp_path / "none").activate()

@@ -1,0 +1,79 @@
+"""Opening and validating bundles: a damaged or foreign bundle is refused with the fix."""
+import json
+
+import pytest
+
+from qk_runtime.bundle import open_bundle
+from qk_runtime.contract import MANIFEST, TOKENIZER, graph_specs
+from qk_runtime.errors import BundleError
+
+
+def _flip_byte(path, offset=None):
+    data = bytearray(path.read_bytes())
+    i = len(data) // 2 if offset is None else offset
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _edit_manifest(folder, change):
+    m = json.loads((folder / MANIFEST).read_text())
+    change(m)
+    (folder / MANIFEST).write_text(json.dumps(m))
+
+
+def test_opens_and_matches_the_contract(fp32_bundle):
+    b = open_bundle(fp32_bundle)
+    assert b.precision == "fp32" and b.dims.image_size == 32
+    specs = graph_specs(b.dims, gateway=b.has_gateway, gate=b.has_cmg, region=b.has_region)
+    assert set(b.graphs) == set(specs)
+    for name, g in b.graphs.items():
+        assert g.input_names == tuple(t.name for t in specs[name].inputs)
+        assert g.path.is_file()
+    assert b.sampler.steps >= 1 and len(b.sha) == 64
+
+
+@pytest.mark.parametrize("victim", ["decoder.onnx", TOKENIZER])
+def test_flipped_byte_is_refused_naming_the_file(bundle_copy, victim):
+    rel = next(r for r in json.loads((bundle_copy / MANIFEST).read_text())["files"] if r.endswith(victim))
+    _flip_byte(bundle_copy / rel)
+    with pytest.raises(BundleError) as err:
+        open_bundle(bundle_copy)
+    msg = str(err.value)
+    assert rel in msg and "re-export" in msg and "sha256" in msg
+
+
+def test_verify_false_skips_only_the_hashes(bundle_copy):
+    _flip_byte(bundle_copy / TOKENIZER, offset=0)
+    assert open_bundle(bundle_copy, verify=False).precision == "fp32"
+
+
+def test_missing_listed_file_is_refused(bundle_copy):
+    (bundle_copy / "decoder.onnx").unlink()
+    with pytest.raises(BundleError, match="missing decoder.onnx"):
+        open_bundle(bundle_copy)
+
+
+def test_missing_and_corrupt_manifest(bundle_copy, tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        open_bundle(tmp_path / "nowhere")
+    (bundle_copy / MANIFEST).write_text('{"format": "qk-bundle", ')
+    with pytest.raises(BundleError, match="not valid JSON"):
+        open_bundle(bundle_copy)
+    (bundle_copy / MANIFEST).unlink()
+    with pytest.raises(BundleError, match="has no manifest.json"):
+        open_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda m: m.update(format="something-else"), "format 'something-else'"),
+    (lambda m: m.update(format_version=99), "newer than this runtime"),
+    (lambda m: m.pop("sampler"), "lacks"),
+    (lambda m: m["graphs"].pop("decoder"), "missing"),
+    (lambda m: m["graphs"]["decoder"]["inputs"].pop(), "differ from the contract"),
+    (lambda m: m["sampler"].update(noise="torch.randn"), "noise"),
+    (lambda m: m.update(precision="fp8"), "precision"),
+])
+def test_foreign_manifests_are_refused(bundle_copy, change, match):
+    _edit_manifest(bundle_copy, change)
+    with pytest.raises(BundleError, match=match):
+        open_bundle(bundle_copy, verify=False)

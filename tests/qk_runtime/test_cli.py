@@ -1,0 +1,82 @@
+"""qk-edit / qk-generate in-process: outputs, timings JSON, one-line errors with exit status 2."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qk_runtime.bundle import open_bundle
+from qk_runtime.cli import edit_main, generate_main
+from qk_runtime.errors import BundleError
+from qk_runtime.session import default_bundle_dir
+
+
+@pytest.fixture()
+def image_file(tmp_path, source_image):
+    path = tmp_path / "in.png"
+    Image.fromarray(np.kron(source_image, np.ones((2, 1, 1), np.uint8))).save(path)  # 64 x 32
+    return path
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_qk_edit_writes_the_image_and_timings(fp32_bundle, image_file, tmp_path, capsys):
+    out, js = tmp_path / "o" / "out.png", tmp_path / "t.json"
+    rc = edit_main(["--bundle", str(fp32_bundle), "--image", str(image_file), "--instruction", "make the red square blue",
+                    "--box", "4,12,20,36", "--out", str(out), "--steps", "4", "--backend", "ort", "--json", str(js)])
+    assert rc == 0, capsys.readouterr().err
+    assert np.asarray(Image.open(out)).shape == (64, 32, 3)
+    data = json.loads(js.read_text())
+    assert data["backend"] == "ort-cpu" and data["steps"] == 4
+    t = data["timings_ms"]
+    for stage in ("text_encoder", "gateway", "cmg", "decoder", "image_encoder", "image_decoder", "total"):
+        assert t[stage] >= 0
+    assert len(t["decoder_steps"]) == 4
+    assert "backend ort-cpu" in capsys.readouterr().out
+    assert not list(out.parent.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_qk_generate_writes_the_image(fp32_bundle, tmp_path):
+    out = tmp_path / "g.png"
+    assert generate_main(["--bundle", str(fp32_bundle), "--prompt", "a red circle", "--out", str(out),
+                          "--steps", "3", "--backend", "ort-cpu"]) == 0
+    assert np.asarray(Image.open(out)).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--box", "0,0,40,10"], "outside the image"),
+    (["--box", "9,9,3,3"], "inverted or empty"),
+    (["--instruction", ""], "instruction is empty"),
+    (["--image", "missing.png"], "does not exist"),
+    (["--out", "out.tiff2"], "cannot tell the image format"),
+    (["--bundle", "no/such/bundle"], "does not exist"),
+])
+def test_qk_edit_errors_are_one_line_with_status_2(fp32_bundle, image_file, tmp_path, capsys, extra, message):
+    args = {"--bundle": str(fp32_bundle), "--image": str(image_file), "--instruction": "make it blue",
+            "--out": str(tmp_path / "o.png")}
+    for flag, value in zip(extra[::2], extra[1::2]):
+        args[flag] = value
+    argv = [x for kv in args.items() for x in kv] + ["--backend", "ort-cpu", "--steps", "2"]
+    assert edit_main(argv) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith("qk-edit: error:") and message in line
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_default_bundle(capsys, image_file, tmp_path):
+    """The shipped default bundle verifies; where it is not built yet, the error says how to make it."""
+    try:
+        path = default_bundle_dir()
+    except BundleError as exc:
+        assert "qk-export --int8 --out engines/default/int8" in str(exc)
+        assert edit_main(["--image", str(image_file), "--instruction", "x", "--out", str(tmp_path / "o.png")]) == 2
+        assert "qk-export --int8" in _one_line_error(capsys)
+        return
+    bundle = open_bundle(path)  # every file's sha256 equals the manifest's
+    assert bundle.precision == "int8"

@@ -1,0 +1,155 @@
+"""Every bad input gets its error; every odd-but-valid image is converted (issue 4, item 8)."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qk_runtime.errors import InputError
+from qk_runtime.inputs import MAX_PIXELS, check_box, check_text, load_image, scale_box
+
+
+def _png(width: int, height: int, bit_depth: int, colour_type: int, raw: bytes) -> bytes:
+    """A PNG file written by hand, so headers can claim anything."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+# --------------------------------------------------------------------------- refused files
+
+
+def test_truncated_png_is_refused(tmp_path):
+    path = tmp_path / "t.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(path)
+
+
+def test_text_file_is_refused(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not an image\n")
+    with pytest.raises(InputError, match="not an image file"):
+        load_image(path)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+
+
+@pytest.mark.parametrize("side", [9000, 100_000])  # over our limit; over PIL's own bomb limit
+def test_decompression_bomb_header_is_refused_before_decoding(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png(side, side, 8, 2, b"\x00" * 16))  # a tiny file claiming side x side RGB
+    assert path.stat().st_size < 200
+    with pytest.raises(InputError, match="decompression bomb"):
+        load_image(path)
+
+
+def test_huge_array_is_refused():
+    big = np.lib.stride_tricks.as_strided(np.zeros(1, np.uint8), shape=(MAX_PIXELS // 1000 + 1, 1000, 3), strides=(0, 0, 0))
+    with pytest.raises(InputError, match="decompression bomb"):
+        load_image(big)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((8, 8, 3), np.float32), "dtype float32"),
+    (np.zeros((8, 8, 2), np.uint8), "shape"),
+    (np.zeros((0, 8, 3), np.uint8), "empty"),
+    ("not/a/real/path.png", "does not exist"),
+    (12, "must be a file path"),
+])
+def test_bad_arrays_and_objects_are_refused(bad, match):
+    with pytest.raises(InputError, match=match):
+        load_image(bad)
+
+
+# --------------------------------------------------------------------------- converted images
+
+
+def test_grey_is_converted(tmp_path):
+    path = tmp_path / "g.png"
+    Image.fromarray(np.full((5, 7), 77, np.uint8), "L").save(path)
+    out = load_image(path)
+    assert out.shape == (5, 7, 3) and out.dtype == np.uint8 and (out == 77).all()
+
+
+def test_rgba_is_composited_over_white(tmp_path):
+    arr = np.zeros((4, 4, 4), np.uint8)
+    arr[..., :3] = (200, 10, 10)
+    arr[:2, :, 3] = 255  # top half opaque, bottom half transparent
+    path = tmp_path / "a.png"
+    Image.fromarray(arr, "RGBA").save(path)
+    out = load_image(path)
+    assert out.shape == (4, 4, 3)
+    assert (out[:2] == (200, 10, 10)).all() and (out[2:] == 255).all()
+    assert np.array_equal(load_image(arr), out)  # arrays follow the same rule
+
+
+def test_palette_is_converted(tmp_path):
+    img = Image.new("P", (6, 3))
+    img.putpalette([10, 20, 30, 40, 50, 60] + [0] * 762)
+    img.putdata([0, 1] * 9)
+    path = tmp_path / "p.png"
+    img.save(path)
+    out = load_image(path)
+    assert out.shape == (3, 6, 3)
+    assert tuple(out[0, 0]) == (10, 20, 30) and tuple(out[0, 1]) == (40, 50, 60)
+
+
+def test_16bit_grey_is_scaled(tmp_path):
+    path = tmp_path / "g16.png"
+    path.write_bytes(_png(2, 1, 16, 0, b"\x00" + struct.pack(">HH", 65535, 257 * 100)))
+    out = load_image(path)
+    assert out.shape == (1, 2, 3) and out.dtype == np.uint8
+    assert out[0, 0].tolist() == [255] * 3 and out[0, 1].tolist() == [100] * 3
+
+
+def test_16bit_rgb_is_scaled(tmp_path):
+    path = tmp_path / "rgb16.png"
+    path.write_bytes(_png(1, 1, 16, 2, b"\x00" + struct.pack(">HHH", 0xABCD, 0x0000, 0xFFFF)))
+    assert load_image(path)[0, 0].tolist() == [0xAB, 0, 255]
+    arr16 = np.array([[[0xABCD, 0, 0xFFFF]]], np.uint16)
+    assert load_image(arr16)[0, 0].tolist() == [171, 0, 255]
+
+
+# --------------------------------------------------------------------------- boxes and text
+
+
+@pytest.mark.parametrize("box, what", [
+    ((0, 0, 41, 10), "outside"),
+    ((-1, 0, 10, 10), "outside"),
+    ((10, 5, 5, 20), "inverted or empty"),
+    ((5, 5, 5, 20), "inverted or empty"),
+    ((0, 0, 10), "has 3 values"),
+    ((0, 0, 10.5, 10), "not an integer"),
+    ("a,b,c,d", "not an integer"),
+    (5, "must be four integers"),
+])
+def test_bad_boxes_are_refused_with_the_rule(box, what):
+    with pytest.raises(InputError, match=what) as err:
+        check_box(box, 40, 30)
+    if "values" not in what and "four" not in what:
+        assert "0 <= x0 < x1 <= 40 and 0 <= y0 < y1 <= 30" in str(err.value)
+
+
+def test_good_boxes_and_scaling():
+    assert check_box("1, 2, 40, 30", 40, 30) == (1, 2, 40, 30)
+    assert check_box((np.int64(0), 0, 1, 1), 40, 30) == (0, 0, 1, 1)
+    assert scale_box((0, 0, 40, 30), 40, 30, 32) == (0, 0, 32, 32)
+    assert scale_box((10, 10, 11, 11), 100, 100, 32) == (3, 3, 4, 4)  # outwards, at least one pixel
+    assert scale_box((5, 6, 7, 8), 32, 32, 32) == (5, 6, 7, 8)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_instruction_is_refused(text):
+    with pytest.raises(InputError, match="instruction is empty"):
+        check_text(text)
+    with pytest.raises(InputError, match="must be a string"):
+        check_text(None)
