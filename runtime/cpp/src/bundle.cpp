@@ -1,0 +1,337 @@
+#include "bundle.hpp"
+
+#include <array>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "qk/qk.hpp"
+#include "sha256.hpp"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace qk {
+namespace {
+
+const char* kFormat = "qk-bundle";
+const char* kNoise = "splitmix64-boxmuller-v1";
+const char* kScheduler = "FlowMatchEulerDiscreteScheduler";
+const char* kHint = "re-export it with qk-export (for example: qk-export --checkpoint CKPT --out DIR)";
+const char* kRequired[] = {"text_encoder", "image_encoder", "image_decoder", "decoder"};
+
+std::string dump(const json& j) { return j.dump(); }
+
+Dim num(long long v) { return Dim{v, ""}; }
+Dim axis(const char* a) { return Dim{-1, a}; }
+
+TensorSpec f32(const char* name, std::vector<Dim> shape) { return TensorSpec{name, DType::F32, std::move(shape)}; }
+
+// One axis range (min, opt, max) per dynamic axis, as contract.py's axis_ranges.
+json profile_of(const std::vector<TensorSpec>& inputs, const std::map<std::string, std::array<long long, 3>>& ranges) {
+    json prof = json::object();
+    const char* keys[3] = {"min", "opt", "max"};
+    for (const auto& t : inputs) {
+        json entry = json::object();
+        for (int k = 0; k < 3; ++k) {
+            json shape = json::array();
+            for (const auto& d : t.shape) shape.push_back(d.axis.empty() ? d.value : ranges.at(d.axis)[k]);
+            entry[keys[k]] = shape;
+        }
+        prof[t.name] = entry;
+    }
+    return prof;
+}
+
+json read_manifest(const fs::path& folder) {
+    std::error_code ec;
+    if (!fs::exists(folder, ec))
+        throw BundleError("bundle folder " + folder.string() + " does not exist; " + kHint);
+    if (!fs::is_directory(folder, ec))
+        throw BundleError("bundle " + folder.string() + " is not a folder; a bundle is the folder qk-export writes");
+    fs::path mpath = folder / "manifest.json";
+    if (!fs::is_regular_file(mpath, ec))
+        throw BundleError(folder.string() + " has no manifest.json, so it is not a bundle (or an unfinished one); " + kHint);
+    std::ifstream in(mpath, std::ios::binary);
+    if (!in) throw BundleError("cannot read " + mpath.string());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    json m;
+    try {
+        m = json::parse(ss.str());
+    } catch (const json::exception& e) {
+        throw BundleError(mpath.string() + " is not valid JSON (" + e.what() + "); the bundle is corrupt: " + kHint);
+    }
+    if (!m.is_object()) throw BundleError(mpath.string() + " does not hold a JSON object; " + kHint);
+    if (m.value("format", json()) != json(kFormat))
+        throw BundleError(mpath.string() + " has format " + dump(m.value("format", json())) + ", not \"" + kFormat +
+                          "\"; point --bundle at a folder qk-export wrote");
+    const json& v = m.value("format_version", json());
+    if (!v.is_number_integer())
+        throw BundleError(mpath.string() + " has format_version " + dump(v) + "; expected the integer " +
+                          std::to_string(kFormatVersion) + "; " + kHint);
+    long long version = v.get<long long>();
+    if (version > kFormatVersion)
+        throw BundleError(mpath.string() + " has format_version " + std::to_string(version) +
+                          ", newer than this runtime reads (" + std::to_string(kFormatVersion) +
+                          "); upgrade query-kontext or export with the matching version");
+    if (version < kFormatVersion)
+        throw BundleError(mpath.string() + " has format_version " + std::to_string(version) + "; this runtime reads " +
+                          std::to_string(kFormatVersion) + ": " + kHint);
+    for (const char* k : {"dims", "graphs", "sampler", "files", "precision"})
+        if (!m.contains(k)) throw BundleError(mpath.string() + " lacks '" + k + "'; " + kHint);
+    return m;
+}
+
+fs::path resolve(const fs::path& folder, const json& rel, const std::string& where) {
+    if (!rel.is_string() || rel.get<std::string>().empty() || fs::path(rel.get<std::string>()).is_absolute())
+        throw BundleError(where + ": file name " + dump(rel) + " must be a path relative to the bundle folder");
+    return folder / rel.get<std::string>();
+}
+
+std::map<std::string, std::string> check_files(const fs::path& folder, const json& files, bool verify) {
+    std::string where = (folder / "manifest.json").string();
+    if (!files.is_object() || files.empty())
+        throw BundleError(where + ": 'files' must map file names to sha256; " + kHint);
+    std::map<std::string, std::string> out;
+    for (const auto& [rel, want] : files.items()) {
+        fs::path p = resolve(folder, json(rel), where + " files");
+        std::error_code ec;
+        if (!fs::is_regular_file(p, ec))
+            throw BundleError("bundle " + folder.string() + " is missing " + rel + " (listed in manifest.json); " + kHint);
+        if (!want.is_string()) throw BundleError(where + ": the sha256 of " + rel + " must be a string; " + kHint);
+        out[rel] = want.get<std::string>();
+        if (!verify) continue;
+        std::string have = sha256_file(p.string());
+        if (have != out[rel])
+            throw BundleError("bundle " + folder.string() + ": " + rel + " has sha256 " + have.substr(0, 16) +
+                              "..., but manifest.json records " + out[rel].substr(0, 16) +
+                              "...; the file was changed or damaged after export: " + kHint);
+    }
+    return out;
+}
+
+Dims read_dims(const json& raw, const std::string& where) {
+    static const char* names[] = {"image_size", "latent_channels", "factor", "patch", "max_length", "text_width",
+                                  "kontext_tokens", "width"};
+    bool ok = raw.is_object() && raw.size() == 8;
+    for (const char* n : names) ok = ok && raw.contains(n);
+    if (!ok) throw BundleError(where + ": 'dims' must have exactly image_size, latent_channels, factor, patch, "
+                               "max_length, text_width, kontext_tokens, width; has " + dump(raw) + "; " + kHint);
+    for (const auto& [k, v] : raw.items())
+        if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > (1 << 24))
+            throw BundleError(where + ": 'dims' values must be non-negative integers, got " + dump(raw));
+    Dims d;
+    d.image_size = raw["image_size"];
+    d.latent_channels = raw["latent_channels"];
+    d.factor = raw["factor"];
+    d.patch = raw["patch"];
+    d.max_length = raw["max_length"];
+    d.text_width = raw["text_width"];
+    d.kontext_tokens = raw["kontext_tokens"];
+    d.width = raw["width"];
+    if (d.factor < 1 || d.patch < 1 || d.image_size % d.factor || d.latent_size() % d.patch || d.image_size < 1 ||
+        d.latent_channels < 1 || d.max_length < 1 || d.text_width < 1)
+        throw BundleError(where + ": inconsistent dims " + dump(raw) + ": image_size / factor / patch must divide evenly");
+    return d;
+}
+
+std::vector<TensorSpec> read_tensors(const json& raw, const std::string& where) {
+    if (!raw.is_array()) throw BundleError(where + ": tensors must be a list of {name, dtype, shape}; " + kHint);
+    std::vector<TensorSpec> out;
+    for (const auto& t : raw) {
+        if (!t.is_object() || !t.contains("name") || !t.contains("dtype") || !t.contains("shape") ||
+            !t["name"].is_string() || !t["dtype"].is_string() || !t["shape"].is_array())
+            throw BundleError(where + ": tensors must be a list of {name, dtype, shape}, got " + dump(t) + "; " + kHint);
+        TensorSpec s;
+        s.name = t["name"];
+        std::string dt = t["dtype"];
+        if (dt == "float32")
+            s.dtype = DType::F32;
+        else if (dt == "int64")
+            s.dtype = DType::I64;
+        else
+            throw BundleError(where + ": tensor " + s.name + " has dtype " + dt + "; the contract uses float32 and int64");
+        for (const auto& d : t["shape"]) {
+            if (d.is_number_integer())
+                s.shape.push_back(num(d.get<long long>()));
+            else if (d.is_string())
+                s.shape.push_back(Dim{-1, d.get<std::string>()});
+            else
+                throw BundleError(where + ": tensor " + s.name + " has a bad shape " + dump(t["shape"]));
+        }
+        out.push_back(std::move(s));
+    }
+    return out;
+}
+
+std::string specs_str(const std::vector<TensorSpec>& ts) {
+    std::string s = "[";
+    for (std::size_t k = 0; k < ts.size(); ++k) {
+        s += (k ? ", (" : "(") + ts[k].name + ", " + dtype_name(ts[k].dtype) + ", [";
+        for (std::size_t j = 0; j < ts[k].shape.size(); ++j)
+            s += (j ? ", " : "") + (ts[k].shape[j].axis.empty() ? std::to_string(ts[k].shape[j].value) : ts[k].shape[j].axis);
+        s += "])";
+    }
+    return s + "]";
+}
+
+SamplerConfig read_sampler(const json& s, const std::string& where) {
+    if (!s.is_object()) throw BundleError(where + ": 'sampler' must be an object; " + kHint);
+    if (s.value("scheduler", json(kScheduler)) != json(kScheduler))
+        throw BundleError(where + ": sampler.scheduler " + dump(s["scheduler"]) + " is not supported; this runtime runs " +
+                          kScheduler);
+    if (s.value("noise", json(kNoise)) != json(kNoise))
+        throw BundleError(where + ": sampler.noise " + dump(s["noise"]) + " is not supported; this runtime draws " + kNoise);
+    SamplerConfig c;
+    try {
+        auto number = [&](const char* k) -> double {
+            const json& v = s.at(k);
+            if (!v.is_number()) throw BundleError(where + ": sampler." + k + " must be a number, got " + dump(v));
+            return v.get<double>();
+        };
+        c.steps = static_cast<int>(number("steps"));
+        c.text_guidance = number("text_guidance");
+        c.image_guidance = number("image_guidance");
+        const json& thr = s.at("gate_threshold");
+        if (!thr.is_null()) c.gate_threshold = number("gate_threshold");
+        if (s.contains("shift")) c.shift = number("shift");
+        if (s.contains("region_buckets")) {
+            c.region_buckets.clear();
+            for (const auto& b : s["region_buckets"]) c.region_buckets.push_back(b.get<double>());
+        }
+        if (s.contains("halo")) c.halo = static_cast<int>(number("halo"));
+    } catch (const json::exception& e) {
+        throw BundleError(where + ": sampler settings are incomplete or invalid (" + e.what() + "); " + kHint);
+    }
+    if (c.steps < 1 || c.region_buckets.empty() || c.region_buckets.back() != 1.0 || c.halo < 0 || !(c.shift > 0))
+        throw BundleError(where + ": sampler settings out of range: " + dump(s));
+    return c;
+}
+
+}  // namespace
+
+const GraphInfo& Bundle::graph(const std::string& g) const {
+    auto it = graphs.find(g);
+    if (it == graphs.end()) throw BundleError("graph '" + g + "' is not in bundle " + path);
+    return it->second;
+}
+
+std::string Bundle::sha() const {
+    // json.dumps(dict(sorted(files.items())), separators=(",", ":"), sort_keys=True)
+    json j = json::object();
+    for (const auto& [k, v] : files) j[k] = v;
+    return sha256_hex(j.dump(-1, ' ', true));
+}
+
+std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region) {
+    const long long S = d.image_size, C = d.latent_channels, h = d.latent_size();
+    const Dim B = axis("batch");
+    std::map<std::string, std::array<long long, 3>> batch3{{"batch", {1, kMaxBatch, kMaxBatch}}};
+    std::map<std::string, std::array<long long, 3>> batch2{{"batch", {1, 1, 2}}};
+    std::vector<TensorSpec> cond{f32("text", {B, num(d.max_length), num(d.text_width)}), f32("text_mask", {B, num(d.max_length)})};
+    std::vector<TensorSpec> image_inputs{f32("source", {B, num(C), num(h), num(h)}), f32("region", {B, num(1), num(h), num(h)})};
+    std::map<std::string, GraphInfo> g;
+    auto add = [&](const char* name, std::vector<TensorSpec> in, std::vector<TensorSpec> out,
+                   const std::map<std::string, std::array<long long, 3>>& ranges) {
+        GraphInfo info;
+        info.name = name;
+        info.file = std::string(name) + ".onnx";
+        info.profile = profile_of(in, ranges);
+        info.inputs = std::move(in);
+        info.outputs = std::move(out);
+        g[name] = std::move(info);
+    };
+    add("text_encoder",
+        {TensorSpec{"input_ids", DType::I64, {B, num(d.max_length)}}, TensorSpec{"attention_mask", DType::I64, {B, num(d.max_length)}}},
+        {f32("hidden", {B, num(d.max_length), num(d.text_width)})}, batch3);
+    add("image_encoder", {f32("image", {B, num(3), num(S), num(S)})}, {f32("latent", {B, num(C), num(h), num(h)})}, batch2);
+    add("image_decoder", {f32("latent", {B, num(C), num(h), num(h)})}, {f32("image", {B, num(3), num(S), num(S)})}, batch2);
+    TensorSpec kontext = f32("kontext", {B, num(d.kontext_tokens), num(d.width)});
+    if (gateway) {
+        std::vector<TensorSpec> in = cond;
+        in.insert(in.end(), image_inputs.begin(), image_inputs.end());
+        in.push_back(f32("flags", {B, num(2)}));
+        add("gateway", in, {kontext}, batch3);
+    }
+    if (gate && gateway) {
+        std::vector<TensorSpec> in{kontext};
+        in.insert(in.end(), image_inputs.begin(), image_inputs.end());
+        add("cmg", in, {f32("gate", {B, num(d.tokens())})}, {{"batch", {1, 1, kMaxBatch}}});
+    }
+    std::vector<TensorSpec> step{f32("x", {B, num(C), num(h), num(h)}), f32("sigma", {B})};
+    step.insert(step.end(), cond.begin(), cond.end());
+    if (gateway) step.push_back(kontext);
+    step.insert(step.end(), image_inputs.begin(), image_inputs.end());
+    step.push_back(f32("gate_map", {B, num(1), num(h), num(h)}));
+    step.push_back(f32("flags", {B, num(2)}));
+    TensorSpec velocity = f32("velocity", {B, num(C), num(h), num(h)});
+    add("decoder", step, {velocity}, batch3);
+    if (region) {
+        long long n = d.tokens();
+        std::vector<TensorSpec> in = step;
+        in.push_back(TensorSpec{"active", DType::I64, {B, axis("active")}});
+        auto ranges = batch3;
+        ranges["active"] = {std::max(1LL, n / 4), n >= 4 ? n / 4 : 1, n};
+        add("decoder_region", in, {velocity}, ranges);
+    }
+    return g;
+}
+
+Bundle open_bundle(const std::string& path, bool verify) {
+    fs::path folder(path);
+    json m = read_manifest(folder);
+    std::string where = (folder / "manifest.json").string();
+    Bundle b;
+    b.path = path;
+    b.files = check_files(folder, m["files"], verify);
+    b.dims = read_dims(m["dims"], where);
+
+    const json& raw = m["graphs"];
+    if (!raw.is_object()) throw BundleError(where + ": 'graphs' must be an object; " + kHint);
+    for (const char* g : kRequired)
+        if (!raw.contains(g)) throw BundleError(where + ": graph '" + g + "' is missing; " + kHint);
+    auto expected = contract_graphs(b.dims, raw.contains("gateway"), raw.contains("cmg"), raw.contains("decoder_region"));
+    for (const auto& [name, _] : raw.items())
+        if (!expected.count(name))
+            throw BundleError(where + ": graph '" + name + "' is not in the export contract" +
+                              (name == "cmg" ? " (a CMG needs a gateway in this contract)" : "") + "; " + kHint);
+    for (auto& [name, spec] : expected) {
+        const json& g = raw[name];
+        if (!g.is_object() || !g.contains("file"))
+            throw BundleError(where + ": graph '" + name + "' must give its 'file'; " + kHint);
+        if (!g["file"].is_string() || !b.files.count(g["file"].get<std::string>()))
+            throw BundleError(where + ": graph '" + name + "' file " + dump(g["file"]) + " has no sha256 in 'files'; " + kHint);
+        GraphInfo info;
+        info.name = name;
+        info.file = g["file"];
+        info.path = resolve(folder, g["file"], where).string();
+        info.inputs = read_tensors(g.value("inputs", json()), where + " graph '" + name + "' inputs");
+        info.outputs = read_tensors(g.value("outputs", json()), where + " graph '" + name + "' outputs");
+        if (!(info.inputs == spec.inputs))
+            throw BundleError(where + ": graph '" + name + "' inputs " + specs_str(info.inputs) + " differ from the contract's " +
+                              specs_str(spec.inputs) + "; the bundle was written by another version of qk-export: " + kHint);
+        if (!(info.outputs == spec.outputs))
+            throw BundleError(where + ": graph '" + name + "' outputs " + specs_str(info.outputs) + " differ from the contract's " +
+                              specs_str(spec.outputs) + "; the bundle was written by another version of qk-export: " + kHint);
+        info.profile = (g.contains("profile") && g["profile"].is_object() && !g["profile"].empty()) ? g["profile"] : spec.profile;
+        b.graphs[name] = std::move(info);
+    }
+    if (!b.files.count("tokenizer.json")) throw BundleError(where + ": tokenizer.json is not listed in 'files'; " + kHint);
+    b.tokenizer_path = (folder / "tokenizer.json").string();
+    const json& prec = m["precision"];
+    if (prec != json("fp32") && prec != json("int8"))
+        throw BundleError(where + ": precision " + dump(prec) + " must be 'fp32' or 'int8'");
+    b.precision = prec;
+    json sparse = m.value("sparse_attn", json("none"));
+    if (sparse != json("none") && sparse != json("window") && sparse != json("region"))
+        throw BundleError(where + ": sparse_attn " + dump(sparse) + " must be 'none', 'window' or 'region'");
+    b.sparse_attn = sparse;
+    if (b.sparse_attn == "region" && !b.has_region())
+        throw BundleError(where + ": sparse_attn is 'region' but the decoder_region graph is missing; " + kHint);
+    b.sampler = read_sampler(m["sampler"], where);
+    b.manifest = std::move(m);
+    return b;
+}
+
+}  // namespace qk

@@ -1,0 +1,84 @@
+// Open and validate a bundle (the folder qk-export writes): manifest.json's format and version,
+// every file's sha256, the dims, each graph's tensors against the export contract (the C++ twin
+// of runtime/contract.py's graph_specs), and the sampler settings. Mirrors runtime/bundle.py.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tensor.hpp"
+
+namespace qk {
+
+constexpr int kFormatVersion = 1;
+constexpr int kMaxBatch = 3;
+
+struct Dims {
+    int image_size = 0, latent_channels = 0, factor = 0, patch = 0, max_length = 0, text_width = 0,
+        kontext_tokens = 0, width = 0;
+    int latent_size() const { return image_size / factor; }
+    int grid() const { return latent_size() / patch; }
+    int tokens() const { return grid() * grid(); }
+};
+
+// A dimension is a number or the name of a dynamic axis ("batch", "active").
+struct Dim {
+    long long value = -1;
+    std::string axis;
+    bool operator==(const Dim& o) const { return value == o.value && axis == o.axis; }
+};
+
+struct TensorSpec {
+    std::string name;
+    DType dtype = DType::F32;
+    std::vector<Dim> shape;
+    bool operator==(const TensorSpec& o) const { return name == o.name && dtype == o.dtype && shape == o.shape; }
+};
+
+struct GraphInfo {
+    std::string name;
+    std::string file;  // relative to the bundle
+    std::string path;  // absolute or relative to the working folder
+    std::vector<TensorSpec> inputs, outputs;
+    nlohmann::json profile;  // input -> {"min","opt","max"}
+};
+
+struct SamplerConfig {
+    int steps = 20;
+    double text_guidance = 3.0, image_guidance = 1.5;
+    std::optional<double> gate_threshold;  // unset: the soft gate is used as is
+    double shift = 1.0;
+    std::vector<double> region_buckets{0.25, 0.5, 0.75, 1.0};
+    int halo = 1;
+};
+
+struct Bundle {
+    std::string path;
+    nlohmann::json manifest;
+    Dims dims;
+    std::string precision, sparse_attn;
+    std::map<std::string, GraphInfo> graphs;
+    SamplerConfig sampler;
+    std::string tokenizer_path;
+    std::map<std::string, std::string> files;  // relative name -> sha256
+
+    bool has(const std::string& g) const { return graphs.count(g) != 0; }
+    bool has_gateway() const { return has("gateway"); }
+    bool has_cmg() const { return has("cmg"); }
+    bool has_region() const { return has("decoder_region"); }
+    const GraphInfo& graph(const std::string& g) const;
+    // sha256 of the canonical JSON of the files map (runtime/bundle.py files_digest)
+    std::string sha() const;
+};
+
+// The export contract for these dims (runtime/contract.py graph_specs, batch axes as "batch").
+std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region);
+
+// Throws BundleError naming what is wrong and how to fix it.
+Bundle open_bundle(const std::string& path, bool verify = true);
+
+}  // namespace qk
