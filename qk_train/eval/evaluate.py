@@ -71,7 +71,7 @@ class BundleEditor:
         self.session = EditSession(path, backend=backend)
         self.steps = steps
         self.sparse = None if sparse == "none" else sparse
-        self.side = int(self.session.dims.image_size)
+        self.side = int(self.session.bundle.dims.image_size)
 
     def edit_many(self, images, instructions, boxes, seeds):
         return [self.session.edit(img, ins, box=box, steps=self.steps, seed=sd, sparse=self.sparse).image

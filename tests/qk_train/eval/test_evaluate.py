@@ -21,3 +21,14 @@ def test_qk_eval_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nope"), "--json", str(tmp_path / "r.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_qk_eval_runs_a_bundle_through_the_runtime(tiny_run, tmp_path):
+    from qk_export.bundle import export_bundle
+
+    bundle = export_bundle(tiny_run / "final", tmp_path / "bundle")
+    out = tmp_path / "r.json"
+    assert main(["--model", str(bundle), "--n", "2", "--gen-n", "1", "--steps", "2", "--box-only", "--backend", "ort",
+                 "--json", str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["edit_success"]) == {"box"} and 0.0 <= r["edit_success"]["box"]["overall"] <= 1.0
