@@ -1,132 +1,157 @@
 """Write a bundle: the ONNX graphs of a checkpoint, its tokenizer and `manifest.json`.
 
-Every graph is exported with the legacy TorchScript exporter (`dynamo=False`: on torch 2.13 it
-gives plain MatMul/Softmax graphs with a dynamic batch and 1e-7 parity on the DiT), checked with
-`onnx.checker` and shape inference, and compared with its torch module on fresh random inputs in
-ONNX Runtime; the errors go into the manifest. The bundle is built in a temporary folder beside
-the target and renamed into place only when everything passed.
+Steps: validate the arguments and load the checkpoint (nothing is written before both pass);
+export each graph of the contract (`exporter.py`) and compare it with its torch module in ONNX
+Runtime (`parity.py`: the FP32 decoder must match to 1e-4); with `int8`, quantize and check the
+INT8 bound (`quantize.py`); write the tokenizer and the manifest; check TensorRT readiness
+(`trt_check.py`) and verify the hashes with the runtime's loader. All of it happens in a hidden
+folder beside `out` that is renamed into place only when every check passed, so a failed or
+interrupted export leaves nothing that looks like a bundle, and an existing bundle at `out` is
+replaced in one rename.
 """
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
+import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import torch
 
 from qk_runtime.contract import FORMAT_VERSION, MANIFEST, TOKENIZER
 from qk_train import checkpoint as ckpt
+from qk_train.config import ConfigError
 from qk_train.models.unified import QKModel
-from qk_train.pipeline import BUCKET_FRACTIONS, Pipeline
+from qk_train.pipeline import BUCKET_FRACTIONS, Pipeline, active_token_indices
 
-from .graphs import WRAPPERS, model_dims, model_specs, sample_inputs
-from .trt_check import check_bundle
+from . import __version__
+from .exporter import cleanup_tool, export_onnx
+from .graphs import model_dims, model_specs, sample_inputs, wrap
+from .parity import check_fp32, fp32_parity
+from .trt_check import require_ready
+from .trt_ops import OPSET_RANGE, TARGET
 
-FP32_DECODER_BOUND = 1e-4  # max abs error of the decoder graph against torch
-EXTERNAL_DATA_BYTES = 1_800_000_000  # above this a graph's weights go to a side file (protobuf's 2 GB)
 SPARSE_MODES = ("none", "window", "region")
+MIN_INT8_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear (the `axis` attribute)
 
 
 class ExportError(ValueError):
-    """An export that cannot be done; nothing was written."""
+    """An export that cannot be done as asked; nothing was written."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, calib_samples: int,
+                    window: int | None) -> None:
+    if sparse_attn not in SPARSE_MODES:
+        raise ExportError(f"--sparse-attn {sparse_attn!r} is not a mode; choose one of {list(SPARSE_MODES)}")
+    if int8 and opset < MIN_INT8_OPSET:
+        raise ExportError(f"--int8 needs --opset {MIN_INT8_OPSET} or newer (per-channel QuantizeLinear has an "
+                          f"`axis` from opset 13); got --opset {opset}")
+    lo, hi = OPSET_RANGE
+    if not lo <= opset <= hi:
+        raise ExportError(f"--opset {opset} is outside {lo}..{hi}, the opsets {TARGET} reads; use 17 (the default)")
+    if int8 and calib_samples < 1:
+        raise ExportError(f"--calib-samples {calib_samples}: need at least 1 (32-128 is typical)")
+    if window is not None and sparse_attn != "window":
+        raise ExportError(f"--window {window} only applies with --sparse-attn window")
+    if out.exists() and not is_bundle(out):
+        if out.is_file() or any(out.iterdir()):
+            raise ExportError(f"--out {out} exists and is not a bundle; choose a new folder "
+                              f"(qk-export replaces only folders it wrote; nothing was touched)")
+
+
+def is_bundle(folder: Path) -> bool:
+    try:
+        return json.loads((folder / MANIFEST).read_text()).get("format") == "qk-bundle"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def load_model(checkpoint: Path, sparse_attn: str, window: int | None) -> QKModel:
-    model = QKModel.from_checkpoint(checkpoint)
+    """The checkpoint's model; for `window`, its decoder attends in w x w token windows."""
+    try:
+        model = QKModel.from_checkpoint(checkpoint)
+    except (ckpt.CheckpointError, ConfigError) as exc:
+        raise ExportError(str(exc)) from exc
     if sparse_attn == "window":
         grid = model_dims(model).grid
-        w = window or max(1, grid // 2)
-        if grid % w:
-            raise ExportError(f"--window {w} must divide the token grid side {grid}")
-        model.decoder.cfg = model.cfg.replace(decoder={"attn_window": w}).decoder
+        w = window if window is not None else max(1, grid // 2)
+        if model.cfg.decoder.source_mode != "channel":
+            raise ExportError(f"--sparse-attn window needs decoder.source_mode 'channel'; this checkpoint has "
+                              f"{model.cfg.decoder.source_mode!r} (its source tokens share the sequence)")
+        if w < 1 or grid % w:
+            divisors = [d for d in range(1, grid + 1) if grid % d == 0]
+            raise ExportError(f"--window {w} must divide the token grid side {grid}; choose one of {divisors}")
+        model.cfg = model.cfg.replace(decoder={"attn_window": w})
+        model.decoder.cfg = model.cfg.decoder  # same weights, windowed self-attention
     return model.eval()
 
 
-def _save_onnx(proto: onnx.ModelProto, path: Path) -> None:
-    if proto.ByteSize() > EXTERNAL_DATA_BYTES:
-        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=path.name + ".data")
-    else:
-        onnx.save_model(proto, str(path))
+# --------------------------------------------------------------------------- the bundle
 
 
-def export_graph(module: torch.nn.Module, spec, args: tuple, path: Path, opset: int) -> None:
-    names_in = [t.name for t in spec.inputs]
-    names_out = [t.name for t in spec.outputs]
-    tmp = path.with_suffix(".raw.onnx")
-    with torch.no_grad():
-        torch.onnx.export(module, args, str(tmp), input_names=names_in, output_names=names_out,
-                          dynamic_axes=spec.dynamic_axes(), opset_version=opset, do_constant_folding=True, dynamo=False)
-    proto = onnx.load(str(tmp))
-    tmp.unlink()
-    proto = onnx.shape_inference.infer_shapes(proto)
-    onnx.checker.check_model(proto)
-    _save_onnx(proto, path)
+def sampler_settings(model: QKModel) -> dict:
+    """The reference pipeline's defaults, read from it (not restated here)."""
+    pipe = Pipeline(model)
+    sched = pipe.scheduler(pipe.steps)
+    return {
+        "scheduler": type(sched).__name__,
+        "shift": float(sched.config.shift),
+        "steps": pipe.steps,
+        "text_guidance": pipe.text_guidance,
+        "image_guidance": pipe.image_guidance,
+        "gate_threshold": pipe.gate_threshold,
+        "noise": "splitmix64-boxmuller-v1",
+        "region_buckets": list(BUCKET_FRACTIONS),
+        "halo": inspect.signature(active_token_indices).parameters["halo"].default,
+        "codec": model.cfg.codec.kind,
+    }
 
 
-def ort_session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def parity(module, spec, path: Path, model: QKModel, seed: int) -> dict:
-    """Max abs / relative error of the ONNX graph against torch on fresh random inputs."""
-    gen = torch.Generator().manual_seed(seed)
-    args = sample_inputs(spec, model, gen)
-    with torch.no_grad():
-        ref = module(*args).numpy()
-    out = ort_session(path).run(None, {t.name: a.numpy() for t, a in zip(spec.inputs, args)})[0]
-    err = np.abs(out - ref)
-    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
-            "max_rel": float(err.max() / max(1e-12, float(np.abs(ref).max()))), "inputs": f"random, seed {seed}"}
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
                   opset: int = 17, calib_samples: int = 64, window: int | None = None, command: str | None = None,
                   progress: bool = False) -> Path:
+    """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle)."""
     checkpoint, out = Path(checkpoint), Path(out)
-    if sparse_attn not in SPARSE_MODES:
-        raise ExportError(f"--sparse-attn {sparse_attn!r}; choose one of {list(SPARSE_MODES)}")
-    if int8 and opset < 13:
-        raise ExportError(f"--int8 needs --opset 13 or newer (per-channel QuantizeLinear); got {opset}")
-    if not (9 <= opset <= 20):
-        raise ExportError(f"--opset {opset}: use 13..20 (TensorRT 10 reads opsets 9 to 20)")
-    if out.exists() and not (out / MANIFEST).exists():
-        if not out.is_dir() or any(out.iterdir()):
-            raise ExportError(f"{out} exists and is not a bundle; choose a new --out (nothing there is touched)")
-    try:
-        model = load_model(checkpoint, sparse_attn, window)
-    except ckpt.CheckpointError as exc:
-        raise ExportError(str(exc)) from exc
+    check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window)
+    model = load_model(checkpoint, sparse_attn, window)
     specs = model_specs(model, region=sparse_attn == "region")
+    log = (lambda msg: print(f"qk-export: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
+    torch.manual_seed(0)
+
     build = ckpt.new_build_dir(out)
     try:
         report, precision = {}, {}
         for i, (name, spec) in enumerate(specs.items()):
-            module = WRAPPERS[name](model).eval()
+            module = wrap(model, spec)
             args = sample_inputs(spec, model, torch.Generator().manual_seed(1000 + i))
-            path = build / spec.file
-            export_graph(module, spec, args, path, opset)
-            report[name] = parity(module, spec, path, model, seed=2000 + i)
+            export_onnx(module, spec, args, build / spec.file, opset)
+            report[name] = fp32_parity(module, spec, build / spec.file, model, seed=2000 + i)
             precision[name] = "fp32"
-            if progress:
-                print(f"exported {name}: max abs error {report[name]['max_abs']:.2e}", file=sys.stderr)
-        for name in ("decoder", "decoder_region"):
-            if name in report and report[name]["max_abs"] > FP32_DECODER_BOUND:
-                raise ExportError(f"{name}: ONNX output differs from torch by {report[name]['max_abs']:.2e} > {FP32_DECODER_BOUND}")
+            log(f"exported {spec.file}: max abs error vs torch {report[name]['max_abs']:.2e}")
+        check_fp32(report)
+        quantization = None
         if int8:
             from .quantize import quantize_bundle
 
-            report, precision = quantize_bundle(model, specs, build, report, precision, calib_samples, progress=progress)
+            int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log)
+            for name, r in int8_report.items():
+                report[name] = {**r, "fp32": report[name]}
+                precision[name] = "int8"
         (build / TOKENIZER).write_text(model.tokenizer.to_str())
-        defaults = Pipeline(model)
         manifest = {
             "format": "qk-bundle",
             "format_version": FORMAT_VERSION,
@@ -134,36 +159,45 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             "dims": model_dims(model).to_dict(),
             "precision": "int8" if int8 else "fp32",
             "sparse_attn": sparse_attn,
-            "window": model.decoder.cfg.attn_window or None,
+            "window": model.cfg.decoder.attn_window or None,
             "opset": opset,
             "graphs": {n: {**s.to_dict(), "precision": precision[n]} for n, s in specs.items()},
-            "sampler": {
-                "scheduler": "FlowMatchEulerDiscreteScheduler", "shift": 1.0, "steps": defaults.steps,
-                "text_guidance": defaults.text_guidance, "image_guidance": defaults.image_guidance,
-                "gate_threshold": defaults.gate_threshold, "noise": "splitmix64-boxmuller-v1",
-                "region_buckets": list(BUCKET_FRACTIONS), "halo": 1, "codec": model.cfg.codec.kind,
-            },
+            "sampler": sampler_settings(model),
+            "files": {},
             "parity": report,
-            "command": command or "export_bundle(" + ", ".join(map(repr, (str(checkpoint), str(out)))) + ")",
-            "created_by": "qk_export 0.1.0",
+            "quantization": quantization,
+            "trt_readiness": None,
+            "exporter": {"torch": torch.__version__, "method": "torch.onnx.export(dynamo=False)", "cleanup": cleanup_tool()},
+            "command": command or f"export_bundle({str(checkpoint)!r}, {str(out)!r}, int8={int8}, "
+                                  f"sparse_attn={sparse_attn!r}, opset={opset})",
+            "created_by": f"qk_export {__version__}",
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "source": {"checkpoint": str(checkpoint), "sha256": ckpt.sha256_file(checkpoint / ckpt.MODEL_FILE)},
+            "source": {"checkpoint": str(checkpoint.resolve()), "sha256": ckpt.sha256_file(checkpoint / ckpt.MODEL_FILE)},
         }
         manifest["files"] = {p.name: ckpt.sha256_file(p) for p in sorted(build.iterdir()) if p.is_file()}
         (build / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        problems = check_bundle(build)
-        manifest["trt_readiness"] = {"ok": not problems, "problems": problems}
+        require_ready(build)  # raises ReadinessError naming each node and reason
+        manifest["trt_readiness"] = {"ok": True, "target": TARGET, "problems": []}
         (build / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        for p in build.iterdir():
-            with open(p, "rb") as f:
-                import os
+        from .verify import verify_bundle
 
-                os.fsync(f.fileno())
+        verify_bundle(build)
+        _fsync_tree(build)
         ckpt.replace_dir(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
     return out
+
+
+def summary(bundle: Path) -> str:
+    m = json.loads((bundle / MANIFEST).read_text())
+    size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+    dec = m["parity"]["decoder"]
+    err = f"decoder max abs error {dec['max_abs']:.2e}" if m["precision"] == "fp32" else \
+        f"decoder INT8 mean abs error {dec.get('mean_abs_over_std', 0):.3f} of std"
+    return (f"wrote {bundle}: {len(m['graphs'])} graphs, {m['precision']}, sparse {m['sparse_attn']}, "
+            f"{size / 1e6:.1f} MB, {err}, TensorRT readiness ok")
 
 
 def command_line(argv: list[str]) -> str:

@@ -1,9 +1,13 @@
 """qk-export: a trained checkpoint -> a verified ONNX bundle (FP32 or INT8 Q/DQ, dense or sparse).
 
-    qk-export --out engines/default/fp32
-    qk-export --int8 --out engines/default/int8
-    qk-export --model runs/small/final --int8 --sparse-attn region --out bundles/small-int8-region
-    qk-export --check bundles/small-int8-region      # TensorRT readiness of an existing bundle
+examples:
+  qk-export --out bundles/fp32                                   # the shipped default checkpoint
+  qk-export --model runs/small/final --int8 --out bundles/int8
+  qk-export --model runs/small/final --int8 --sparse-attn region --out bundles/int8-region
+  qk-export --check bundles/int8-region                          # TensorRT readiness of a bundle
+  qk-export --verify bundles/int8-region                         # sha256 of every file
+
+exit status: 0 done; 1 --check/--verify found problems; 2 bad arguments (nothing written).
 """
 from __future__ import annotations
 
@@ -15,49 +19,102 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO_ROOT / "engines" / "default" / "checkpoint"
 
 
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qk-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", metavar="CKPT", default=None,
+                   help="checkpoint folder written by qk-train (its final/); default: the shipped engines/default/checkpoint")
+    p.add_argument("--out", metavar="BUNDLE", help="bundle folder to write; an existing bundle is replaced atomically, "
+                                                   "any other existing folder is refused")
+    p.add_argument("--int8", action="store_true",
+                   help="quantize MatMul/Gemm to symmetric INT8 Q/DQ (zero point 0, per-channel weights), calibrated on "
+                        "real denoising trajectories; sensitive layers stay float")
+    p.add_argument("--sparse-attn", default="none", choices=["none", "window", "region"],
+                   help="none: dense decoder (default); window: decoder self-attention in w x w token windows; "
+                        "region: also export decoder_region.onnx, which runs only the CMG's active tokens")
+    p.add_argument("--window", type=int, default=None, metavar="W",
+                   help="window side in tokens for --sparse-attn window; must divide the token grid (default: half of it)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 9..20 as TensorRT 10 reads (default 17; --int8 needs 13 or newer)")
+    p.add_argument("--calib-samples", type=int, default=64, metavar="N",
+                   help="decoder steps recorded for INT8 calibration (default 64; NVIDIA's demo uses 32-128)")
+    p.add_argument("--check", metavar="BUNDLE", help="only check an existing bundle's TensorRT readiness")
+    p.add_argument("--verify", metavar="BUNDLE", help="only recompute the sha256 of every file of an existing bundle")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+def _error(msg: str) -> int:
+    print(f"qk-export: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check(bundle: str) -> int:
+    from .trt_check import check_bundle
+
+    try:
+        problems = check_bundle(Path(bundle))
+    except (OSError, ValueError, KeyError) as exc:
+        return _error(f"cannot read bundle {bundle}: {exc}")
+    for problem in problems:
+        print(problem)
+    print(f"TensorRT readiness of {bundle}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    return 0 if not problems else 1
+
+
+def _verify(bundle: str) -> int:
+    from .verify import BundleError, verify_bundle
+
+    try:
+        verify_bundle(bundle)
+    except BundleError as exc:
+        print(f"qk-export: {exc}", file=sys.stderr)
+        return 1
+    print(f"{bundle}: every file matches its sha256")
+    return 0
+
+
+def _missing_model(model: Path, given: bool) -> str:
+    from qk_train.config import preset_names
+
+    msg = f"checkpoint {model} does not exist"
+    if not given:
+        return msg + " (the shipped default is not there yet): pass --model with a checkpoint folder qk-train wrote"
+    if str(model) in preset_names():
+        return msg + (f"; {str(model)!r} is a preset name, not a checkpoint: train it with "
+                      f"`qk-train --preset {model} --out DIR` and pass --model DIR/final")
+    return msg + "; pass --model with a checkpoint folder qk-train wrote (its final/)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="qk-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help=f"checkpoint folder (qk-train's final/); default: the shipped {DEFAULT_MODEL.relative_to(REPO_ROOT)}")
-    parser.add_argument("--out", help="bundle folder to write (replaced atomically if it is a bundle; refused if it holds anything else)")
-    parser.add_argument("--int8", action="store_true", help="quantize MatMul/Gemm to symmetric INT8 Q/DQ, calibrated on real denoising trajectories")
-    parser.add_argument("--sparse-attn", default="none", choices=["none", "window", "region"],
-                        help="none: dense; window: decoder self-attention in local windows; region: also export decoder_region.onnx that runs only the CMG's active tokens (default none)")
-    parser.add_argument("--window", type=int, default=None, help="window side in tokens for --sparse-attn window (default: half the token grid)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..20 (default 17; TensorRT 10 reads 9..20, INT8 needs >= 13)")
-    parser.add_argument("--calib-samples", type=int, default=64, help="denoising steps recorded for INT8 calibration (default 64)")
-    parser.add_argument("--check", metavar="BUNDLE", help="only check an existing bundle's TensorRT readiness and exit")
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse's own errors exit 2 after printing usage
+        return int(exc.code or 0)
     if args.check:
-        from .trt_check import check_bundle
-
-        try:
-            problems = check_bundle(Path(args.check))
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"qk-export: error: cannot read bundle {args.check}: {exc}", file=sys.stderr)
-            return 2
-        for p in problems:
-            print(p)
-        print("TensorRT readiness: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
-        return 0 if not problems else 1
+        return _check(args.check)
+    if args.verify:
+        return _verify(args.verify)
     if not args.out:
-        parser.error("--out is required (or use --check BUNDLE)")
+        return _error("--out BUNDLE is required (or --check / --verify BUNDLE)")
     model = Path(args.model) if args.model else DEFAULT_MODEL
     if not model.exists():
-        hint = "" if args.model else " (the shipped default is missing: pass --model with a folder qk-train wrote)"
-        print(f"qk-export: error: checkpoint {model} does not exist{hint}", file=sys.stderr)
-        return 2
-    from .bundle import ExportError, command_line, export_bundle
+        return _error(_missing_model(model, args.model is not None))
+
+    from .bundle import ExportError, command_line, export_bundle, summary
+    from .parity import ParityError
+    from .trt_check import ReadinessError
 
     try:
         out = export_bundle(model, args.out, int8=args.int8, sparse_attn=args.sparse_attn, opset=args.opset,
                             calib_samples=args.calib_samples, window=args.window, command=command_line(argv),
                             progress=not args.quiet)
-    except (ExportError, FileNotFoundError) as exc:
-        print(f"qk-export: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
+    except ExportError as exc:
+        return _error(str(exc))
+    except (ParityError, ReadinessError) as exc:
+        print(f"qk-export: export failed, nothing written: {exc}", file=sys.stderr)
+        return 1
+    print(summary(out))
     return 0
 
 

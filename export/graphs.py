@@ -1,5 +1,9 @@
-"""Torch wrappers of the exported networks, one per graph of `qk_runtime.contract`, and sample
-inputs for export and parity checks."""
+"""The exported networks as small torch modules, one per graph of `qk_runtime.contract`, and
+random inputs of the right dtypes and ranges for export and parity checks.
+
+Each wrapper's `forward(*inputs)` takes the graph's inputs in the contract's order and returns
+its one output, so `torch.onnx.export` names them exactly as the contract does.
+"""
 from __future__ import annotations
 
 import torch
@@ -28,89 +32,109 @@ def model_specs(model: QKModel, region: bool) -> dict[str, GraphSpec]:
     return graph_specs(model_dims(model), gateway=model.gateway is not None, gate=model.cmg is not None, region=region)
 
 
-class TextEncoderGraph(nn.Module):
-    def __init__(self, model: QKModel):
+# --------------------------------------------------------------------------- wrappers
+
+
+class _Graph(nn.Module):
+    """Binds positional graph inputs to the contract's names."""
+
+    def __init__(self, spec: GraphSpec):
         super().__init__()
+        self.input_names = tuple(t.name for t in spec.inputs)
+
+    def named(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        if len(inputs) != len(self.input_names):
+            raise TypeError(f"expected inputs {self.input_names}, got {len(inputs)} tensors")
+        return dict(zip(self.input_names, inputs))
+
+
+class TextEncoderGraph(_Graph):
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.encoder = model.text_encoder
 
     def forward(self, input_ids, attention_mask):
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        # by keyword: a Hugging Face model's positional parameters are not (ids, mask)
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)  # (B, L, Wt)
 
 
-class ImageEncoderGraph(nn.Module):
-    def __init__(self, model: QKModel):
-        super().__init__()
+class ImageEncoderGraph(_Graph):
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.codec = model.codec
 
     def forward(self, image):
-        return self.codec.encode(image)
+        return self.codec.encode(image)  # (B, 3, S, S) -> (B, C, h, w)
 
 
-class ImageDecoderGraph(nn.Module):
-    def __init__(self, model: QKModel):
-        super().__init__()
+class ImageDecoderGraph(_Graph):
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.codec = model.codec
 
     def forward(self, latent):
-        return self.codec.decode(latent)
+        return self.codec.decode(latent)  # (B, C, h, w) -> (B, 3, S, S)
 
 
-class GatewayGraph(nn.Module):
-    def __init__(self, model: QKModel):
-        super().__init__()
+class GatewayGraph(_Graph):
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.gateway = model.gateway
 
     def forward(self, text, text_mask, source, region, flags):
-        return self.gateway(text, text_mask, source, region, flags)
+        return self.gateway(text, text_mask, source, region, flags)  # (B, K, D)
 
 
-class CMGGraph(nn.Module):
-    def __init__(self, model: QKModel):
-        super().__init__()
+class CMGGraph(_Graph):
+    """The Cross-Modal Gate as probabilities; the runtime thresholds them."""
+
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.cmg = model.cmg
 
     def forward(self, kontext, source, region):
-        return torch.sigmoid(self.cmg(kontext, None, source, region))  # (B, N) gate in [0, 1]
+        return torch.sigmoid(self.cmg(kontext, None, source, region))  # (B, N) in [0, 1]
 
 
-class DecoderGraph(nn.Module):
-    """One denoising step with the CMG's gating: the output is the gated velocity."""
+class DecoderGraph(_Graph):
+    """One denoising step: the DiT's velocity gated by the CMG's map (`QKModel.gated_velocity`)."""
 
-    def __init__(self, model: QKModel):
-        super().__init__()
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.decoder = model.decoder
-        self.has_kontext = model.gateway is not None
 
-    def forward(self, x, sigma, text, text_mask, *rest):
-        kontext, (source, region, gate_map, flags) = (rest[0], rest[1:]) if self.has_kontext else (None, rest)
-        v = self.decoder(x, sigma, text, text_mask, kontext, source, region, gate_map, flags)
-        return QKModel.gated_velocity(v, x, source, sigma, gate_map)
+    def forward(self, *inputs):
+        a = self.named(inputs)
+        v = self.decoder(a["x"], a["sigma"], a["text"], a["text_mask"], a.get("kontext"), a["source"], a["region"],
+                         a["gate_map"], a["flags"])  # (B, C, h, w)
+        return QKModel.gated_velocity(v, a["x"], a["source"], a["sigma"], a["gate_map"])
 
 
-class DecoderRegionGraph(nn.Module):
-    """The sparse `region` step: the DiT runs on the `active` tokens only; every other token
-    follows the source path (x - source) / sigma; then the same gating as the dense step."""
+class DecoderRegionGraph(_Graph):
+    """The sparse `region` step. The DiT runs on the `active` tokens only; every other token
+    takes the back-to-source velocity (x - source) / max(sigma, 1e-3); then the same gating as
+    the dense step. The output is the full (B, C, h, w) velocity."""
 
-    def __init__(self, model: QKModel):
-        super().__init__()
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
         self.decoder = model.decoder
         self.patch = model.cfg.decoder.patch
-        self.has_kontext = model.gateway is not None
 
-    def forward(self, x, sigma, text, text_mask, *rest):
-        active = rest[-1]
-        rest = rest[:-1]
-        kontext, (source, region, gate_map, flags) = (rest[0], rest[1:]) if self.has_kontext else (None, rest)
-        v_tok = self.decoder(x, sigma, text, text_mask, kontext, source, region, gate_map, flags, active=active)  # (B, M, P)
+    def forward(self, *inputs):
+        a = self.named(inputs)
+        x, sigma, source, gate_map, active = a["x"], a["sigma"], a["source"], a["gate_map"], a["active"]
         B, C, h, w = x.shape
-        back = (x - source) / sigma.clamp_min(SIGMA_MIN)[:, None, None, None]
-        flat = patchify(back, self.patch)  # (B, N, P)
-        flat = flat.scatter(1, active[:, :, None].expand(-1, -1, flat.shape[-1]), v_tok)
-        v = unpatchify(flat, self.patch, C, h, w)
+        v_active = self.decoder(x, sigma, a["text"], a["text_mask"], a.get("kontext"), source, a["region"], gate_map,
+                                a["flags"], active=active)  # (B, M, C*p*p)
+        back = (x - source) / sigma.clamp_min(SIGMA_MIN)[:, None, None, None]  # (B, C, h, w)
+        tokens = patchify(back, self.patch)  # (B, N, C*p*p)
+        index = active[:, :, None].expand(-1, -1, tokens.shape[-1])  # (B, M, C*p*p)
+        tokens = tokens.scatter(1, index, v_active)  # ScatterElements: active tokens take the DiT's velocity
+        v = unpatchify(tokens, self.patch, C, h, w)  # (B, C, h, w)
         return QKModel.gated_velocity(v, x, source, sigma, gate_map)
 
 
-WRAPPERS = {
+WRAPPERS: dict[str, type[_Graph]] = {
     "text_encoder": TextEncoderGraph,
     "image_encoder": ImageEncoderGraph,
     "image_decoder": ImageDecoderGraph,
@@ -121,12 +145,25 @@ WRAPPERS = {
 }
 
 
+def wrap(model: QKModel, spec: GraphSpec) -> _Graph:
+    return WRAPPERS[spec.name](model, spec).eval()
+
+
+# --------------------------------------------------------------------------- inputs
+
+
 def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: int | None = None,
                   active: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Random inputs with the right dtypes and ranges for one graph (batch: the profile's max)."""
+    """Random inputs with the contract's dtypes and realistic ranges.
+
+    batch: default the profile's max (3 for the guidance graphs); active: default the
+    profile's opt (a quarter of the tokens). Token ids lie in the vocabulary and start with
+    [CLS]; masks have leading ones; sigma lies in (0, 1]; masks and flags are 0/1.
+    """
     ranges = dict(spec.axis_ranges)
     b = batch or ranges["batch"][2]
     m_active = active or ranges.get("active", (1, 1, 1))[1]
+    n_tokens = model_dims(model).tokens
     vocab = model.tokenizer.get_vocab_size()
     out = []
     for t in spec.inputs:
@@ -136,11 +173,11 @@ def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: 
             ids[:, 0] = model.tokenizer.token_to_id("[CLS]") or 0
             out.append(ids)
         elif t.name in ("attention_mask", "text_mask"):
-            lengths = torch.randint(3, shape[1] + 1, (shape[0],), generator=gen)
-            mask = (torch.arange(shape[1])[None] < lengths[:, None])
+            lengths = torch.randint(2, shape[1] + 1, (shape[0],), generator=gen)
+            mask = torch.arange(shape[1])[None] < lengths[:, None]  # leading ones
             out.append(mask.to(torch.int64 if t.dtype == "int64" else torch.float32))
         elif t.name == "sigma":
-            out.append(torch.rand(shape, generator=gen) * 0.98 + 0.02)
+            out.append(1.0 - torch.rand(shape, generator=gen) * 0.999)  # (0.001, 1]
         elif t.name in ("region", "gate_map"):
             out.append((torch.rand(shape, generator=gen) > 0.5).float())
         elif t.name == "flags":
@@ -148,12 +185,8 @@ def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: 
         elif t.name == "image":
             out.append(torch.rand(shape, generator=gen) * 2 - 1)
         elif t.name == "active":
-            n = spec_tokens(model)
-            out.append(torch.stack([torch.randperm(n, generator=gen)[:m_active].sort().values for _ in range(b)]))
+            rows = [torch.randperm(n_tokens, generator=gen)[:m_active].sort().values for _ in range(b)]
+            out.append(torch.stack(rows))
         else:
             out.append(torch.randn(shape, generator=gen))
     return tuple(out)
-
-
-def spec_tokens(model: QKModel) -> int:
-    return model_dims(model).tokens

@@ -1,8 +1,12 @@
-"""TensorRT readiness, checked without TensorRT: supported ops, symmetric Q/DQ, profiles.
+"""TensorRT readiness, checked here without TensorRT.
 
-The op list is the "Supported" column of onnx/onnx-tensorrt `docs/operators.md` for TensorRT
-10.x (opsets 9 to 20), restricted to the ops an exported graph of this project can contain
-plus the common ones around them. A node whose op is not listed is reported, not guessed at.
+For every graph of a bundle: the opset is one TensorRT's parser reads, every node's op is in
+its supported list (`trt_ops.py`, from onnx-tensorrt's operator table), the table's checkable
+restrictions hold (constant `axes`, no ScatterND reduction, one LayerNormalization output),
+every QuantizeLinear / DequantizeLinear has a constant zero point of 0 (TensorRT accepts
+symmetric quantization only), and every dynamic input axis has a min/opt/max profile in the
+manifest that agrees with the graph's static axes. Each problem is a sentence naming the graph,
+the node and the reason; `require_ready` raises them all at once.
 """
 from __future__ import annotations
 
@@ -12,81 +16,138 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from onnx.external_data_helper import load_external_data_for_tensor
 
-TRT_OPSET_RANGE = (9, 20)
-TRT_SUPPORTED_OPS = frozenset("""
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil
-Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace
-DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather
-GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalMaxPool Greater GreaterOrEqual GridSample
-GroupNormalization HardSigmoid HardSwish Identity If InstanceNormalization IsInf IsNaN
-LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN MatMul Max MaxPool Mean Min
-Mish Mod Mul Neg NonZero Not OneHot Or Pad Pow PRelu QuantizeLinear Range Reciprocal ReduceL1
-ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum
-ReduceSumSquare Relu Reshape Resize Round ScatterElements ScatterND Selu Shape Sigmoid Sign Sin Sinh
-Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
-ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Where Xor
-""".split())
+from . import trt_ops
 
 
 class ReadinessError(ValueError):
-    """A graph TensorRT would refuse; the message names the node and the reason."""
+    """A bundle TensorRT would refuse; the message names each node and the reason."""
 
 
-def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+class _Constants(dict):
+    """Names of constant tensors -> tensor; values are read on demand (external data too)."""
+
+    def __init__(self, model: onnx.ModelProto, base_dir: Path | None):
+        super().__init__()
+        self.base_dir = base_dir
+        for t in model.graph.initializer:
+            self[t.name] = t
+        for node in model.graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                value = next((a.t for a in node.attribute if a.name == "value"), None)
+                self[node.output[0]] = value
+
+    def value(self, name: str) -> np.ndarray | None:
+        t = self[name]
+        if t is None:
+            return None
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            if self.base_dir is None:
+                return None
+            t = onnx.TensorProto.FromString(t.SerializeToString())
+            load_external_data_for_tensor(t, str(self.base_dir))
+        return numpy_helper.to_array(t)
 
 
-def check_model(model: onnx.ModelProto, name: str = "graph") -> list[str]:
+def _opset(model: onnx.ModelProto) -> int | None:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def check_model(model: onnx.ModelProto, name: str = "graph", base_dir: Path | None = None) -> list[str]:
+    """Problems TensorRT's ONNX parser would have with one graph (empty when none); `base_dir`:
+    where its external data lives, if any."""
     problems = []
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset is None or not (TRT_OPSET_RANGE[0] <= opset <= TRT_OPSET_RANGE[1]):
-        problems.append(f"{name}: opset {opset} is outside TensorRT 10's range {TRT_OPSET_RANGE}")
-    inits = _initializers(model)
-    consts = {}
+    opset = _opset(model)
+    lo, hi = trt_ops.OPSET_RANGE
+    if opset is None or not lo <= opset <= hi:
+        problems.append(f"{name}: opset {opset} is outside the range {lo}..{hi} of {trt_ops.TARGET}; export with --opset {lo}..{hi}")
+    consts = _Constants(model, base_dir)
     for node in model.graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    consts[node.output[0]] = numpy_helper.to_array(attr.t)
-    for node in model.graph.node:
-        label = f"{name}: node {node.name or '(unnamed)'} ({node.op_type})"
+        where = f"{name}: node {node.name or '(unnamed)'} ({node.op_type})"
         if node.domain not in ("", "ai.onnx"):
-            problems.append(f"{label}: custom domain {node.domain!r} is not supported by TensorRT's ONNX parser")
+            problems.append(f"{where}: custom domain {node.domain!r}; TensorRT's parser reads only the default ONNX domain")
             continue
-        if node.op_type not in TRT_SUPPORTED_OPS:
-            problems.append(f"{label}: op {node.op_type} is not in TensorRT 10's supported ONNX operators")
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            if len(node.input) < 3 or not node.input[2]:
-                continue  # no zero point: symmetric by definition
-            zp = inits.get(node.input[2], consts.get(node.input[2]))
-            if zp is None:
-                problems.append(f"{label}: zero point {node.input[2]} is not a constant; TensorRT needs a constant 0")
-            elif np.any(zp != 0):
-                problems.append(f"{label}: zero point is {zp.ravel()[:4].tolist()}, not 0; TensorRT accepts symmetric quantization only")
-            elif zp.dtype != np.int8:
-                problems.append(f"{label}: zero point type {zp.dtype} is not int8")
+        if node.op_type not in trt_ops.SUPPORTED:
+            problems.append(f"{where}: op {node.op_type} is not supported by {trt_ops.TARGET}")
+            continue
+        if node.op_type in trt_ops.CONSTANT_INPUTS:
+            index, rule = trt_ops.CONSTANT_INPUTS[node.op_type]
+            if len(node.input) > index and node.input[index] and node.input[index] not in consts:
+                problems.append(f"{where}: input {node.input[index]!r} is computed at run time; TensorRT: {rule}")
+        if node.op_type in trt_ops.ZERO_POINT_INPUT:
+            problems += _zero_point_problems(node, where, consts)
+        for attr in node.attribute:
+            allowed = trt_ops.ATTRIBUTE_LIMITS.get(node.op_type, {}).get(attr.name)
+            value = onnx.helper.get_attribute_value(attr)
+            value = value.decode() if isinstance(value, bytes) else value
+            if allowed is not None and value not in allowed:
+                problems.append(f"{where}: attribute {attr.name}={value!r} is not supported by TensorRT (allowed {list(allowed)})")
+        limit = trt_ops.OUTPUT_LIMITS.get(node.op_type)
+        if limit is not None and any(o for o in node.output[limit:]):
+            problems.append(f"{where}: uses {len([o for o in node.output if o])} outputs; TensorRT supports only the first {limit}")
+    return problems
+
+
+def _zero_point_problems(node: onnx.NodeProto, where: str, consts: _Constants) -> list[str]:
+    index = trt_ops.ZERO_POINT_INPUT[node.op_type]
+    if len(node.input) <= index or not node.input[index]:
+        return []  # no zero point: 0 by definition
+    zp_name = node.input[index]
+    if zp_name not in consts:
+        return [f"{where}: zero point {zp_name!r} is computed at run time; TensorRT needs a constant 0 (symmetric quantization)"]
+    zp = consts.value(zp_name)
+    if zp is None:
+        return [f"{where}: zero point {zp_name!r} could not be read (external data without its folder, or a non-tensor Constant); TensorRT needs a constant 0"]
+    if np.any(zp != 0):
+        shown = zp.ravel()[:4].tolist()
+        return [f"{where}: zero point {zp_name!r} is {shown}, not 0; TensorRT accepts symmetric quantization only "
+                f"(quantize with ActivationSymmetric/WeightSymmetric)"]
+    if zp.dtype != np.int8:
+        return [f"{where}: zero point {zp_name!r} has type {zp.dtype}; TensorRT's Q/DQ take int8 (S8S8)"]
+    return []
+
+
+def check_profiles(model: onnx.ModelProto, graph: dict, name: str) -> list[str]:
+    """Every dynamic input axis has a profile entry; profiles agree with the static axes."""
+    problems = []
+    profile = graph.get("profile") or {}
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
+        if not dynamic:
+            continue
+        where = f"{name}: input {inp.name}"
+        p = profile.get(inp.name)
+        if p is None:
+            problems.append(f"{where} has dynamic axes {dynamic} but no TensorRT profile (min/opt/max) in the manifest")
+            continue
+        if set(p) != {"min", "opt", "max"} or any(len(p[k]) != len(dims) for k in p):
+            problems.append(f"{where}: profile {p} must give min, opt and max shapes of rank {len(dims)}")
+            continue
+        for i, d in enumerate(dims):
+            lo, opt, hi = p["min"][i], p["opt"][i], p["max"][i]
+            if d.HasField("dim_value") and not lo == opt == hi == d.dim_value:
+                problems.append(f"{where}: axis {i} is {d.dim_value} in the graph but {lo}/{opt}/{hi} in the profile")
+            elif not 1 <= lo <= opt <= hi:
+                problems.append(f"{where}: axis {i} ({d.dim_param or '?'}) profile {lo}/{opt}/{hi} is not 1 <= min <= opt <= max")
     return problems
 
 
 def check_bundle(bundle: str | Path) -> list[str]:
-    """Every problem TensorRT would have with a bundle, as sentences; empty when ready."""
+    """Every problem TensorRT would have with a bundle, as sentences; empty when it is ready."""
     bundle = Path(bundle)
     manifest = json.loads((bundle / "manifest.json").read_text())
     problems = []
-    for gname, graph in manifest["graphs"].items():
+    for name, graph in manifest["graphs"].items():
         model = onnx.load(str(bundle / graph["file"]), load_external_data=False)
-        problems += check_model(model, gname)
-        profile = graph.get("profile", {})
-        for inp in model.graph.input:
-            dims = inp.type.tensor_type.shape.dim
-            dynamic = [i for i, d in enumerate(dims) if not d.HasField("dim_value")]
-            if dynamic and inp.name not in profile:
-                problems.append(f"{gname}: input {inp.name} has dynamic axes {dynamic} but no TensorRT profile in the manifest")
-            elif dynamic:
-                p = profile[inp.name]
-                if any(len(p[k]) != len(dims) for k in ("min", "opt", "max")):
-                    problems.append(f"{gname}: profile of {inp.name} does not have {len(dims)} dimensions")
-                elif any(not (p["min"][i] <= p["opt"][i] <= p["max"][i]) for i in range(len(dims))):
-                    problems.append(f"{gname}: profile of {inp.name} is not min <= opt <= max")
+        problems += check_model(model, name, base_dir=bundle)
+        problems += check_profiles(model, graph, name)
     return problems
+
+
+def require_ready(bundle: str | Path) -> None:
+    problems = check_bundle(bundle)
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ReadinessError(f"{len(problems)} TensorRT readiness problem(s):\n  {shown}")

@@ -1,121 +1,114 @@
 import json
+import shutil
 
-import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-import torch
-from onnx import TensorProto, helper, numpy_helper
+import yaml
 
-from qk_export.bundle import FP32_DECODER_BOUND, export_bundle
+from qk_export.bundle import SPARSE_MODES, export_bundle, is_bundle
 from qk_export.cli import main
-from qk_export.graphs import DecoderRegionGraph, model_specs, sample_inputs
-from qk_export.quantize import INT8_BOUND
-from qk_export.trt_check import check_bundle, check_model
-from qk_train.models import QKModel
+from qk_export.parity import FP32_BOUND
+from qk_runtime.contract import graph_specs, Dims
+from qk_train.checkpoint import sha256_file
+from qk_train.pipeline import Pipeline
 
 GRAPHS = {"text_encoder", "image_encoder", "image_decoder", "gateway", "cmg", "decoder"}
 
 
-def test_fp32_bundle_lists_every_graph_with_profiles_and_tight_parity(bundles):
-    m = json.loads((bundles["fp32"] / "manifest.json").read_text())
-    assert set(m["graphs"]) == GRAPHS and m["precision"] == "fp32" and m["format_version"] == 1
+def _manifest(bundle):
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+def test_manifest_lists_every_graph_with_its_contract_and_profiles(bundles, tiny_checkpoint):
+    m = _manifest(bundles["fp32"])
+    assert m["format"] == "qk-bundle" and m["format_version"] == 1
+    assert set(m["graphs"]) == GRAPHS and m["precision"] == "fp32" and m["sparse_attn"] == "none"
+    expected = graph_specs(Dims(**m["dims"]), gateway=True, gate=True, region=False)
     for name, g in m["graphs"].items():
-        assert (bundles["fp32"] / g["file"]).exists()
-        assert g["profile"] and all(set(p) == {"min", "opt", "max"} for p in g["profile"].values())
-        assert m["parity"][name]["max_abs"] <= FP32_DECODER_BOUND, name
-    assert set(m["files"]) == {g["file"] for g in m["graphs"].values()} | {"tokenizer.json"}
-    assert m["trt_readiness"]["ok"], m["trt_readiness"]
+        assert {k: v for k, v in g.items() if k != "precision"} == expected[name].to_dict()
+        assert g["precision"] == "fp32"
+        dynamic_inputs = [t["name"] for t in g["inputs"] if any(isinstance(d, str) for d in t["shape"])]
+        assert dynamic_inputs and set(g["profile"]) >= set(dynamic_inputs)
+        for p in g["profile"].values():
+            assert all(lo <= opt <= hi for lo, opt, hi in zip(p["min"], p["opt"], p["max"]))
+        assert m["parity"][name]["max_abs"] <= FP32_BOUND, name
+    # every file but the manifest is listed with its hash, and nothing else
+    files = {p.name for p in bundles["fp32"].iterdir()} - {"manifest.json"}
+    assert set(m["files"]) == files == {g["file"] for g in m["graphs"].values()} | {"tokenizer.json"}
+    assert all(sha256_file(bundles["fp32"] / f) == h for f, h in m["files"].items())
+    assert m["source"]["sha256"] == sha256_file(tiny_checkpoint / "model.safetensors")
+    assert m["trt_readiness"]["ok"] and m["command"] and m["created_by"].startswith("qk_export")
 
 
-def test_int8_bundle_is_symmetric_qdq_within_its_bound(bundles):
-    m = json.loads((bundles["int8_region"] / "manifest.json").read_text())
-    assert m["precision"] == "int8" and "decoder_region" in m["graphs"]
-    proto = onnx.load(str(bundles["int8_region"] / "decoder.onnx"))
-    ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
-    assert check_model(proto, "decoder") == []  # zero points are all 0
-    names = [n.name for n in proto.graph.node if n.op_type == "MatMul" or n.op_type == "Gemm"]
-    dq_inputs = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
-    float_ada = [n.name for n in proto.graph.node if n.op_type in ("Gemm", "MatMul") and "/ada" in n.name
-                 and any(i in dq_inputs for i in n.input)]
-    assert names and not float_ada  # adaLN modulation stays in float
-    for name in ("decoder", "gateway", "cmg"):
-        assert m["parity"][name]["mean_abs_over_std"] <= INT8_BOUND, (name, m["parity"][name])
-    assert ort.InferenceSession(str(bundles["int8_region"] / "decoder.onnx"))  # loads in ONNX Runtime
-    import openvino as ov
-
-    ov.Core().compile_model(str(bundles["int8_region"] / "decoder.onnx"), "CPU")  # and in OpenVINO
+def test_sampler_settings_are_the_reference_pipelines(bundles):
+    s = _manifest(bundles["fp32"])["sampler"]
+    pipe = Pipeline.__init__.__kwdefaults__
+    assert (s["steps"], s["text_guidance"], s["image_guidance"], s["gate_threshold"]) == (
+        pipe["steps"], pipe["text_guidance"], pipe["image_guidance"], pipe["gate_threshold"])
+    assert s["scheduler"] == "FlowMatchEulerDiscreteScheduler" and s["shift"] == 1.0 and s["codec"] == "pixel"
+    assert s["region_buckets"] == [0.25, 0.5, 0.75, 1.0] and s["halo"] == 1
 
 
-def test_region_graph_keeps_inactive_tokens_on_the_source_path(tiny_checkpoint):
-    model = QKModel.from_checkpoint(tiny_checkpoint)
-    spec = model_specs(model, region=True)["decoder_region"]
-    args = list(sample_inputs(spec, model, torch.Generator().manual_seed(0), batch=2, active=4))
-    x, sigma, source, gate_map, active = args[0], args[1], args[5], args[7], args[-1]
-    with torch.no_grad():
-        v = DecoderRegionGraph(model)(*args)
-    back = (x - source) / sigma[:, None, None, None]
-    p, n_side = model.cfg.decoder.patch, x.shape[-1] // model.cfg.decoder.patch
-    for b in range(2):
-        inactive = torch.ones(n_side * n_side, dtype=torch.bool)
-        inactive[active[b]] = False
-        tok = inactive.reshape(n_side, n_side).repeat_interleave(p, 0).repeat_interleave(p, 1)
-        torch.testing.assert_close(v[b][:, tok], back[b][:, tok], rtol=1e-6, atol=1e-6)
-        moving = (tok == 0) & (gate_map[b, 0] > 0)
-        assert not torch.allclose(v[b][:, moving], back[b][:, moving])  # the active ones really ran
+def test_runtime_opens_every_variant(bundles):
+    from qk_runtime.bundle import open_bundle
+
+    for name, path in bundles.items():
+        b = open_bundle(path)
+        assert b.sparse_attn == {"fp32": "none", "int8_region": "region", "window": "window"}[name]
+    assert open_bundle(bundles["int8_region"]).has_region
 
 
-def test_manifest_hash_catches_a_flipped_byte(bundles, tmp_path):
-    import shutil
-
-    from qk_train.checkpoint import sha256_file
-
-    copy = tmp_path / "b"
-    shutil.copytree(bundles["fp32"], copy)
-    m = json.loads((copy / "manifest.json").read_text())
-    assert all(sha256_file(copy / f) == h for f, h in m["files"].items())
-    data = bytearray((copy / "decoder.onnx").read_bytes())
-    data[len(data) // 2] ^= 0x01
-    (copy / "decoder.onnx").write_bytes(bytes(data))
-    assert sha256_file(copy / "decoder.onnx") != m["files"]["decoder.onnx"]
+def test_existing_bundle_is_replaced_whole(bundles):
+    m = _manifest(bundles["window"])  # written over a copy of the fp32 bundle
+    assert m["sparse_attn"] == "window" and m["window"] == 2 and m["model_config"]["decoder"]["attn_window"] == 2
+    siblings = [p.name for p in bundles["window"].parent.iterdir()]
+    assert not [s for s in siblings if s.startswith(".")], siblings  # no build or old folder left behind
 
 
-def _tiny_graph(nodes, inits):
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+def _broken_checkpoint(src, dst, **changes):
+    shutil.copytree(src, dst)
+    cfg = yaml.safe_load((dst / "hyperparameters.yaml").read_text())
+    for section, values in changes.items():
+        cfg[section].update(values)
+    (dst / "hyperparameters.yaml").write_text(yaml.safe_dump(cfg))
+    return dst
 
 
-def test_readiness_rejects_asymmetric_qdq_and_unsupported_ops():
-    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
-    zp = numpy_helper.from_array(np.array(3, np.int8), "zp")
-    q = helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="q0")
-    dq = helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], name="dq0")
-    problems = check_model(_tiny_graph([q, dq], [scale, zp]))
-    assert any("q0" in p and "not 0" in p for p in problems) and any("dq0" in p for p in problems)
-    odd = helper.make_node("StringNormalizer", ["x"], ["y"], name="weird")
-    assert any("weird" in p and "StringNormalizer" in p for p in check_model(_tiny_graph([odd], [])))
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "preset_name", "bad_config", "int8_opset10",
+                                  "bad_window", "out_is_not_a_bundle"])
+def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    model = str(tiny_checkpoint)
+    extra, expect = [], None
+    if case == "missing":
+        model, expect = str(tmp_path / "nope"), "does not exist"
+    elif case == "not_a_checkpoint":
+        (tmp_path / "empty").mkdir()
+        model, expect = str(tmp_path / "empty"), "incomplete"
+    elif case == "preset_name":
+        model, expect = "tiny", "is a preset name"
+    elif case == "bad_config":
+        model = str(_broken_checkpoint(tiny_checkpoint, tmp_path / "ckpt", text={"kind": "huge"}))
+        expect = "text.kind='huge'"
+    elif case == "int8_opset10":
+        extra, expect = ["--int8", "--opset", "10"], "--opset 13"
+    elif case == "bad_window":
+        extra, expect = ["--sparse-attn", "window", "--window", "3"], "must divide the token grid"
+    elif case == "out_is_not_a_bundle":
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
+        expect = "is not a bundle"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["--model", model, "--out", str(out), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no bundle, no hidden build folder
+    if case == "out_is_not_a_bundle":
+        assert (out / "notes.txt").read_text() == "keep me" and not is_bundle(out)
+    else:
+        assert not out.exists()
 
 
-def test_bad_arguments_write_nothing(tiny_checkpoint, tmp_path, capsys):
-    out = tmp_path / "b"
-    assert main(["--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
-    assert "does not exist" in capsys.readouterr().err
-    assert main(["--model", str(tiny_checkpoint), "--out", str(out), "--int8", "--opset", "10"]) == 2
-    assert "--opset 13" in capsys.readouterr().err
-    not_ckpt = tmp_path / "notckpt"
-    not_ckpt.mkdir()
-    assert main(["--model", str(not_ckpt), "--out", str(out)]) == 2
-    assert "incomplete" in capsys.readouterr().err
-    assert not out.exists() and not list(tmp_path.glob(".b.*"))
-    user = tmp_path / "mine"
-    user.mkdir()
-    (user / "notes.txt").write_text("keep me")
-    assert main(["--model", str(tiny_checkpoint), "--out", str(user)]) == 2
-    assert (user / "notes.txt").read_text() == "keep me"
-
-
-def test_check_cli_reports_ready(bundles, capsys):
-    assert main(["--check", str(bundles["fp32"])]) == 0
-    assert "TensorRT readiness: ok" in capsys.readouterr().out
+def test_api_rejects_unknown_sparse_mode(tiny_checkpoint, tmp_path):
+    with pytest.raises(ValueError, match=str(list(SPARSE_MODES)).replace("[", r"\[").replace("]", r"\]")):
+        export_bundle(tiny_checkpoint, tmp_path / "b", sparse_attn="dense")
+    assert not list(tmp_path.iterdir())

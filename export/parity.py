@@ -1,0 +1,131 @@
+"""Parity of an exported graph with its torch module, run in ONNX Runtime on the CPU.
+
+Errors are reported as `max_abs`, `mean_abs` and `max_rel` = max |onnx - torch| / max |torch|
+(relative to the output's scale, so that near-zero elements do not blow it up). FP32 graphs
+are compared on fresh random inputs (`graphs.sample_inputs`); INT8 graphs on real inputs held
+out from calibration (see `quantize.py`), where the error is also given relative to the spread
+of what the network predicts: for the decoder steps only the elements the gate lets the DiT
+write (gate_map > 0), elsewhere the output is the float back-to-source path in both; for the
+text encoder only real tokens (attention_mask = 1), padding is masked out downstream.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from qk_runtime.contract import GraphSpec
+from qk_train.models.unified import QKModel
+
+from .graphs import sample_inputs
+
+FP32_BOUND = 1e-4  # max abs error of the FP32 decoder step(s) against torch
+FP32_CHECKED = ("decoder", "decoder_region")
+# INT8: mean abs error over the predicted elements <= this share of their standard deviation.
+# The denoising step is the bound that matters (its error integrates into the image); the
+# conditioning encoders' outputs pass through further layers and get a looser one (the tiny
+# width-32 test model's gateway sits at 8 %, the small preset's at 2 %).
+INT8_BOUNDS = {"decoder": 0.05, "decoder_region": 0.05, "gateway": 0.10, "text_encoder": 0.10}
+# the CMG's output is a probability (thresholded at 0.5 by the runtime): its INT8 error is bounded
+# in probability units; `gate_flips` (tokens that land on the other side of 0.5) is reported
+INT8_GATE_MEAN_ABS = 0.02
+
+
+class ParityError(ValueError):
+    """An exported graph that does not match its torch module within the stated bound."""
+
+
+def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def errors(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    err = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+    return {"max_abs": float(err.max()), "mean_abs": float(err.mean()),
+            "max_rel": float(err.max() / max(1e-12, float(np.abs(ref).max())))}
+
+
+def run_both(module: torch.nn.Module, spec: GraphSpec, session: ort.InferenceSession,
+             feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+    with torch.no_grad():
+        ref = module(*args).numpy()
+    (out,) = session.run(None, feed)
+    return out, ref
+
+
+def random_feed(spec: GraphSpec, model: QKModel, seed: int) -> dict[str, np.ndarray]:
+    args = sample_inputs(spec, model, torch.Generator().manual_seed(seed))
+    return {t.name: a.numpy() for t, a in zip(spec.inputs, args)}
+
+
+def fp32_parity(module: torch.nn.Module, spec: GraphSpec, path: Path, model: QKModel, seed: int) -> dict:
+    """Errors of an FP32 graph against torch on fresh random inputs (batch: the profile's max)."""
+    feed = random_feed(spec, model, seed)
+    out, ref = run_both(module, spec, ort_session(path), feed)
+    batch = next(iter(feed.values())).shape[0]
+    return {**errors(out, ref), "inputs": f"random seed {seed}, batch {batch}"}
+
+
+def check_fp32(report: dict[str, dict]) -> None:
+    for name in FP32_CHECKED:
+        if name in report and report[name]["max_abs"] > FP32_BOUND:
+            raise ParityError(
+                f"FP32 {name}.onnx differs from the torch module by {report[name]['max_abs']:.3g} (max abs) on "
+                f"{report[name]['inputs']}, over the bound {FP32_BOUND}; the export is wrong: check the opset and "
+                f"the exporter's warnings"
+            )
+
+
+def predicted_mask(spec: GraphSpec, feed: dict[str, np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:
+    """Elements of the output the network writes (not the float back-to-source path)."""
+    if "gate_map" in feed:
+        return np.broadcast_to(feed["gate_map"] > 0, out_shape)
+    if "attention_mask" in feed:  # the text encoder: padding positions are masked out downstream
+        return np.broadcast_to(feed["attention_mask"][..., None] > 0, out_shape)
+    return np.ones(out_shape, bool)
+
+
+def int8_parity(module: torch.nn.Module, spec: GraphSpec, path: Path, feeds: list[dict[str, np.ndarray]],
+                source: str) -> dict:
+    """Errors of an INT8 graph against the FP32 torch module over several real feeds."""
+    session = ort_session(path)
+    outs, refs, masks = [], [], []
+    for feed in feeds:
+        out, ref = run_both(module, spec, session, feed)
+        outs.append(out.ravel())
+        refs.append(ref.ravel())
+        masks.append(predicted_mask(spec, feed, ref.shape).ravel())
+    out, ref, mask = np.concatenate(outs), np.concatenate(refs), np.concatenate(masks)
+    report = {**errors(out, ref), "inputs": f"{len(feeds)} {source}"}
+    if mask.any():
+        err = np.abs(out[mask].astype(np.float64) - ref[mask])
+        std = float(ref[mask].std())
+        report["predicted_mean_abs"] = float(err.mean())
+        report["predicted_std"] = std
+        report["mean_abs_over_std"] = float(err.mean() / max(std, 1e-12))
+    if spec.name == "cmg":
+        report["gate_flips"] = float(((out > 0.5) != (ref > 0.5)).mean())
+    return report
+
+
+def int8_problem(name: str, report: dict) -> str | None:
+    """Why an INT8 graph misses its bound (None when it is within). Records the bound."""
+    if name == "cmg":  # a probability: bounded in probability units
+        report["bound"] = f"mean_abs <= {INT8_GATE_MEAN_ABS}"
+        if report["mean_abs"] > INT8_GATE_MEAN_ABS:
+            return (f"INT8 cmg: mean abs error of the gate probability is {report['mean_abs']:.3f} "
+                    f"(bound {INT8_GATE_MEAN_ABS}); keep more of the CMG in float")
+        return None
+    ratio, bound = report.get("mean_abs_over_std", 0.0), INT8_BOUNDS.get(name, 0.05)
+    report["bound"] = f"mean_abs_over_std <= {bound}"
+    if ratio > bound:
+        return (f"INT8 {name}: mean abs error is {ratio:.3f} of the output's standard deviation "
+                f"(bound {bound}); keep more layers in float or calibrate on more samples")
+    return None
