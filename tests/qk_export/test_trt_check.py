@@ -2,7 +2,6 @@ import json
 import shutil
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qk_export.cli import main
