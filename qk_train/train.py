@@ -155,7 +155,7 @@ def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, s
 # --------------------------------------------------------------------------- schedule and EMA
 
 
-def lr_at(cfg: ModelConfig, step: int, base_lr: float, total: int, warmup: int) -> float:
+def lr_at(step: int, base_lr: float, total: int, warmup: int) -> float:
     if step < warmup:
         return base_lr * (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -367,7 +367,7 @@ class Trainer:
                     return False
                 step = self.state.step
                 for group in self.opt.param_groups:
-                    group["lr"] = lr_at(cfg, step, base_lr, total, warmup)
+                    group["lr"] = lr_at(step, base_lr, total, warmup)
                 batch = make_batch(cfg, stage, step, self.rank, self.world)
                 gen = torch.Generator().manual_seed(step_seed(cfg, stage, step, self.rank))
                 loss, logs = self.module(batch, gen)

@@ -12,37 +12,15 @@ timings JSON are written atomically (a temporary file in the same folder, then a
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from .backend import CHOICES
+from .engines import atomic_write
 from .errors import InputError, QKRuntimeError
-
-
-def _default_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _default_mode())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _image_format(path: Path) -> str:
@@ -58,11 +36,13 @@ def save_image(image, path: Path) -> None:
     from PIL import Image
 
     fmt = _image_format(path)
-    _atomic_write(path, lambda f: Image.fromarray(image).save(f, format=fmt))
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt)
+    atomic_write(path, buf.getvalue())
 
 
 def save_json(data: dict, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _common(p: argparse.ArgumentParser) -> None:
