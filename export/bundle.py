@@ -121,13 +121,46 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, str]:
+    """The text encoder of the bundle `other`, for a bundle written at `out` to use instead of its
+    own copy: (path relative to `out`, sha256, parity entry, precision). Refused unless `other`
+    is a verified bundle whose text encoder has the same config and tokenizer as `model`'s."""
+    from qk_runtime.bundle import open_bundle
+
+    from .verify import verify_bundle
+
+    if not is_bundle(other):
+        raise ExportError(f"--text-encoder-from {other}: not a bundle folder (no manifest.json); export that bundle first")
+    try:
+        verify_bundle(other)
+        theirs = json.loads((other / MANIFEST).read_text())
+        open_bundle(other)
+    except Exception as exc:  # noqa: BLE001 - any reason the other bundle cannot be used
+        raise ExportError(f"--text-encoder-from {other}: {exc}") from exc
+    if theirs["model_config"].get("text") != model.cfg.to_dict().get("text"):
+        raise ExportError(f"--text-encoder-from {other}: its text encoder config differs from this checkpoint's; "
+                          f"export without --text-encoder-from")
+    if (other / TOKENIZER).read_text() != model.tokenizer.to_str():
+        raise ExportError(f"--text-encoder-from {other}: its tokenizer differs from this checkpoint's")
+    graph = theirs["graphs"]["text_encoder"]
+    rel = os.path.relpath((other / graph["file"]).resolve(), out.resolve())
+    if not rel.startswith(".."):
+        raise ExportError(f"--text-encoder-from {other}: must be a bundle beside --out, not inside it")
+    return rel, theirs["files"][graph["file"]], theirs["parity"]["text_encoder"], graph.get("precision", theirs["precision"])
+
+
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
                   opset: int = 17, calib_samples: int = 64, window: int | None = None, command: str | None = None,
-                  progress: bool = False) -> Path:
-    """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle)."""
+                  progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None) -> Path:
+    """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
+
+    `text_encoder_from`: a bundle beside `out` whose text encoder file this bundle uses instead
+    of its own (the manifest points at it by relative path and records its sha256 and precision),
+    so that bundles of one model shipped together store the encoder once."""
     checkpoint, out = Path(checkpoint), Path(out)
     check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window)
     model = load_model(checkpoint, sparse_attn, window)
+    shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
     specs = model_specs(model, region=sparse_attn == "region")
     log = (lambda msg: print(f"qk-export: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     torch.manual_seed(0)
@@ -147,7 +180,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
         if int8:
             from .quantize import quantize_bundle
 
-            int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log)
+            int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log, weight_bits=weight_bits)
             for name, r in int8_report.items():
                 report[name] = {**r, "fp32": report[name]}
                 precision[name] = "int8"
@@ -174,7 +207,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "source": {"checkpoint": str(checkpoint.resolve()), "sha256": ckpt.sha256_file(checkpoint / ckpt.MODEL_FILE)},
         }
+        if shared is not None:
+            rel, sha, parity, te_precision = shared
+            (build / specs["text_encoder"].file).unlink()
+            manifest["graphs"]["text_encoder"].update(file=rel, precision=te_precision)
+            manifest["parity"]["text_encoder"] = {**parity, "shared_from": rel}
+            log(f"text encoder: {rel} ({te_precision}), shared instead of this bundle's own")
         manifest["files"] = {p.name: ckpt.sha256_file(p) for p in sorted(build.iterdir()) if p.is_file()}
+        if shared is not None:
+            manifest["files"][shared[0]] = shared[1]
         (build / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         require_ready(build)  # raises ReadinessError naming each node and reason
         manifest["trt_readiness"] = {"ok": True, "target": TARGET, "problems": []}

@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 9..20 as TensorRT 10 reads (default 17; --int8 needs 13 or newer)")
     p.add_argument("--calib-samples", type=int, default=64, metavar="N",
                    help="decoder steps recorded for INT8 calibration (default 64; NVIDIA's demo uses 32-128)")
+    p.add_argument("--weight-bits", type=int, default=7, choices=[7, 8],
+                   help="INT8 weight range: 7 keeps weights in -63..63, exact in ONNX Runtime on x86 CPUs without VNNI "
+                        "(full-range weights saturate there); 8 uses the full range (VNNI/AMX CPUs, TensorRT). Default 7")
+    p.add_argument("--text-encoder-from", metavar="BUNDLE", default=None,
+                   help="use the text encoder file of this bundle (beside --out) instead of writing a copy; the manifest "
+                        "records its path, sha256 and precision (the shipped fp32 bundle shares int8's)")
     p.add_argument("--check", metavar="BUNDLE", help="only check an existing bundle's TensorRT readiness")
     p.add_argument("--verify", metavar="BUNDLE", help="only recompute the sha256 of every file of an existing bundle")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -108,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = export_bundle(model, args.out, int8=args.int8, sparse_attn=args.sparse_attn, opset=args.opset,
                             calib_samples=args.calib_samples, window=args.window, command=command_line(argv),
-                            progress=not args.quiet)
+                            progress=not args.quiet, weight_bits=args.weight_bits,
+                            text_encoder_from=args.text_encoder_from)
     except ExportError as exc:
         return _error(str(exc))
     except (ParityError, ReadinessError) as exc:

@@ -158,21 +158,6 @@ def region_active(model: QKModel, gate_map: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- quantization
 
 
-class _Reader:
-    """onnxruntime's CalibrationDataReader over recorded feeds, one batch row at a time (the
-    histogram calibrators need equal shapes; edits are recorded as batches of 3, generations 2)."""
-
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        rows = (dict((k, v[b:b + 1]) for k, v in f.items()) for f in feeds for b in range(next(iter(f.values())).shape[0]))
-        self._feeds = iter(rows)
-
-    def get_next(self):
-        return next(self._feeds, None)
-
-    def rewind(self):  # pragma: no cover - part of the reader protocol, unused by MinMax
-        pass
-
-
 def attention_matmuls(proto: onnx.ModelProto) -> list[str]:
     """MatMuls of two activations (attention scores and weighted values), not linear layers."""
     consts = {t.name for t in proto.graph.initializer}
@@ -180,29 +165,157 @@ def attention_matmuls(proto: onnx.ModelProto) -> list[str]:
     return [n.name for n in proto.graph.node if n.op_type == "MatMul" and not any(i in consts for i in n.input)]
 
 
-def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], op_types: tuple[str, ...],
-                   exclude: tuple[str, ...] = (), exclude_attention: bool = False, method: str = "MinMax") -> list[str]:
-    """Symmetric S8S8 Q/DQ quantization of `src` into `dst`; returns the node names kept in float."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _weight_axis(node: onnx.NodeProto) -> int:
+    """The output-channel axis of a 2-D weight: 1 for MatMul (K, N), 0 for Gemm with transB."""
+    return 0 if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute) else 1
 
-    large = weight_bytes(onnx.load(str(src), load_external_data=False)) > EXTERNAL_DATA_BYTES or \
-        src.with_name(src.name + ".data").exists()
-    with tempfile.TemporaryDirectory(prefix=".quant-", dir=dst.parent) as scratch:
-        pre = Path(scratch) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), save_as_external_data=large, all_tensors_to_one_file=True)
-        proto = onnx.load(str(pre), load_external_data=False)
-        names = [n.name for n in proto.graph.node if n.op_type in op_types]
-        excluded = [n for n in names if any(frag in n for frag in exclude)]
-        if exclude_attention:
-            excluded += [n for n in attention_matmuls(proto) if n not in excluded]
-        quantize_static(
-            str(pre), str(dst), _Reader(feeds), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True, reduce_range=False,
-            op_types_to_quantize=list(op_types), nodes_to_exclude=excluded, calibrate_method=CalibrationMethod[method],
-            use_external_data_format=large,
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
+
+def weight_levels(bits: int) -> int:
+    """Largest |q| of a symmetric int8 weight with `bits` bits: 127 for 8, 63 for 7."""
+    if bits not in (7, 8):
+        raise ValueError(f"weight bits {bits!r}: use 8 (full int8 range) or 7 (range -63..63, exact on CPUs without VNNI)")
+    return (1 << (bits - 1)) - 1
+
+
+def _quantize_weight(w: np.ndarray, axis: int, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-output-channel int8: (q, scale) with w ~= q * scale along `axis`, |q| <= levels."""
+    amax = np.abs(w).max(axis=1 - axis)
+    scale = (np.where(amax > 0, amax, 1.0) / levels).astype(np.float32)
+    shape = (-1, 1) if axis == 0 else (1, -1)
+    return np.clip(np.rint(w / scale.reshape(shape)), -levels, levels).astype(np.int8), scale
+
+
+CLIP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)  # candidate clips, as fractions of max |x|
+SAMPLE_VALUES = 1 << 16  # values kept per tensor for choosing its clip
+
+
+def _clip_mse(values: np.ndarray, amax: float) -> float:
+    """The int8 clip of `values` (symmetric, 127 levels a side) with the least mean squared
+    error, among CLIP_RATIOS of their max |x|: MinMax wastes levels on rare outliers."""
+    best, best_err = amax, np.inf
+    for ratio in CLIP_RATIOS:
+        clip = amax * ratio
+        scale = clip / 127.0
+        err = float(np.mean((np.clip(np.rint(values / scale), -127, 127) * scale - values) ** 2))
+        if err < best_err:
+            best, best_err = clip, err
+    return best
+
+
+def activation_ranges(proto: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """The int8 clip of each tensor over the calibration feeds (symmetric): max |x| (MinMax),
+    lowered where that cuts the mean squared quantization error of a sample of its values
+    (see `_clip_mse`). Runs the float graph in ONNX Runtime with those tensors as outputs."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in tensors if t not in present)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
+    if weight_bytes(probe) > EXTERNAL_DATA_BYTES:  # a protobuf cannot hold 2 GB: go through a file
+        scratch = tempfile.TemporaryDirectory(prefix=".calib-")
+        path = Path(scratch.name) / "probe.onnx"
+        onnx.save_model(probe, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="probe.data")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        scratch.cleanup()  # the session holds the weights; the files are no longer needed
+    else:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    wanted = {i.name for i in session.get_inputs()}
+    rng = np.random.default_rng(0)
+    per_feed = max(1, SAMPLE_VALUES // max(1, len(feeds)))
+    amax = dict.fromkeys(tensors, 0.0)
+    samples: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for feed in feeds:
+        values = dict(zip(names, session.run(None, {k: v for k, v in feed.items() if k in wanted})))
+        for t in tensors:
+            flat = np.asarray(values[t], np.float32).ravel()
+            amax[t] = max(amax[t], float(np.abs(flat).max(initial=0.0)))
+            samples[t].append(flat if flat.size <= per_feed else flat[rng.integers(0, flat.size, per_feed)])
+    return {t: _clip_mse(np.concatenate(samples[t]), amax[t]) if amax[t] > 0 else 0.0 for t in tensors}
+
+
+def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], op_types: tuple[str, ...],
+                   exclude: tuple[str, ...] = (), exclude_attention: bool = False, weight_bits: int = 7) -> list[str]:
+    """Symmetric S8S8 Q/DQ quantization of `src` into `dst`; returns the node names kept in float.
+
+    Each quantized MatMul / Gemm with a constant weight gets `QuantizeLinear -> DequantizeLinear`
+    on its activation input (int8, one scale per tensor from calibration, zero point 0)
+    and an int8 weight with one scale per output
+    channel behind a `DequantizeLinear`. Outputs are not re-quantized: the product stays float
+    into the bias Add that follows, which is the pattern ONNX Runtime runs as an integer GEMM
+    with a float result (MatMulIntegerToFloat) and that TensorRT fuses into an INT8 GEMM. (An
+    output Q/DQ pair, as onnxruntime's quantize_static writes, cost more in Q/DQ nodes than the
+    integer GEMMs won at the decoder's size.) Every consumer gets its own pair with its own
+    scale and zero-point initializers (equal values): ONNX Runtime fuses DQ -> MatMul into an
+    integer GEMM only where the quantized tensor feeds one MatMul, and its common-subexpression
+    pass would merge identical pairs that share initializers.
+
+    `weight_bits` 7 keeps weights in -63..63. x86 CPUs without VNNI multiply u8 x s8 pairs into
+    int16 (vpmaddubsw) and saturate with full-range weights: on this project's AVX2 CPU ONNX
+    Runtime's integer GEMM then ran a tiny gateway with 0.11 of its output's std as error where
+    the same Q/DQ arithmetic in float gave 0.006. 8 is exact on VNNI / AMX CPUs and TensorRT.
+    """
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(src))
+    inits = {t.name: t for t in proto.graph.initializer}
+    candidates = [n for n in proto.graph.node if n.op_type in op_types]
+    excluded = [n.name for n in candidates if any(frag in n.name for frag in exclude)]
+    if exclude_attention:
+        excluded += [n for n in attention_matmuls(proto) if n not in excluded]
+    chosen = [n for n in candidates if n.name not in excluded and len(n.input) > 1
+              and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
+              and inits[n.input[1]].data_type == onnx.TensorProto.FLOAT
+              and not (n.op_type == "Gemm" and any(a.name == "transA" and a.i for a in n.attribute))]
+    excluded += [n.name for n in candidates if n not in chosen and n.name not in excluded]
+    activations = sorted({n.input[0] for n in chosen})
+    amax = activation_ranges(proto, activations, feeds)
+
+    new_inits, weight_dq, nodes = [], {}, []
+    chosen_names = {n.name for n in chosen}
+    for node in proto.graph.node:
+        if node.name not in chosen_names:
+            nodes.append(node)
+            continue
+        # the activation's own Q/DQ pair, scale and zero point, right before its consumer
+        act = node.input[0]
+        base = (node.name or act).replace("/", "_").strip("_")
+        scale = np.float32(max(amax[act], 1e-8) / 127.0)
+        new_inits += [numpy_helper.from_array(np.array(scale, np.float32), f"{base}_act_scale"),
+                      numpy_helper.from_array(np.array(0, np.int8), f"{base}_act_zero_point")]
+        nodes += [
+            helper.make_node("QuantizeLinear", [act, f"{base}_act_scale", f"{base}_act_zero_point"], [f"{base}_act_q"],
+                             name=f"{base}_act_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [f"{base}_act_q", f"{base}_act_scale", f"{base}_act_zero_point"],
+                             [f"{base}_act_dq"], name=f"{base}_act_DequantizeLinear"),
+        ]
+        w_name = node.input[1]
+        if w_name not in weight_dq:
+            axis = _weight_axis(node)
+            q, w_scale = _quantize_weight(numpy_helper.to_array(inits[w_name]), axis, weight_levels(weight_bits))
+            w_base = w_name.replace("/", "_").strip("_") or "w"
+            new_inits += [numpy_helper.from_array(q, f"{w_base}_quantized"), numpy_helper.from_array(w_scale, f"{w_base}_scale"),
+                          numpy_helper.from_array(np.zeros(w_scale.shape, np.int8), f"{w_base}_zero_point")]
+            nodes.append(helper.make_node(
+                "DequantizeLinear", [f"{w_base}_quantized", f"{w_base}_scale", f"{w_base}_zero_point"], [f"{w_base}_dequantized"],
+                name=f"{w_base}_DequantizeLinear", axis=axis))
+            weight_dq[w_name] = f"{w_base}_dequantized"
+        node.input[0] = f"{base}_act_dq"
+        node.input[1] = weight_dq[w_name]
+        nodes.append(node)
+    proto.graph.initializer.extend(new_inits)
+    used = {i for n in nodes for i in n.input}
+    kept = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(dst), save_as_external_data=weight_bytes(proto) > EXTERNAL_DATA_BYTES,
+                    all_tensors_to_one_file=True, location=dst.name + ".data")
     return excluded
 
 
@@ -256,7 +369,7 @@ def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul"
 
 
 def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, calib_samples: int,
-                    log=None) -> tuple[dict[str, dict], dict]:
+                    log=None, weight_bits: int = 7) -> tuple[dict[str, dict], dict]:
     """Replace the FP32 graphs in `build` by INT8 ones. Returns (parity per graph, quantization
     record for the manifest). Raises ParityError when a graph misses its INT8 bound."""
     from .parity import ParityError
@@ -282,7 +395,7 @@ def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, ca
                 excluded[name] = []
             else:
                 excluded[name] = quantize_graph(fp32, path, calib.feeds[name], OP_TYPES, SENSITIVE.get(name, ()),
-                                                exclude_attention=EXCLUDE_ATTENTION)
+                                                exclude_attention=EXCLUDE_ATTENTION, weight_bits=weight_bits)
         r = int8_parity(wrap(model, spec), spec, path, held.feeds[name], "held-out val-split recorded inputs")
         problem = int8_problem(name, r)
         if problem:
@@ -293,9 +406,10 @@ def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, ca
     record = {
         "format": "QDQ",
         "graphs": {n: ("weight-only: int8 symmetric per-channel weights of " + "/".join(WEIGHT_ONLY[n]) + ", float activations"
-                       if n in WEIGHT_ONLY else "static: int8 symmetric per-channel weights, int8 symmetric per-tensor "
-                       "activations of " + "/".join(OP_TYPES)) for n in report},
-        "calibration": {"method": "MinMax", "samples": calib_samples, "inputs": calib.description},
+                       if n in WEIGHT_ONLY else f"static: int8 symmetric per-channel weights ({weight_bits}-bit range), "
+                       "int8 symmetric per-tensor activations of " + "/".join(OP_TYPES)) for n in report},
+        "weight_bits": weight_bits,
+        "calibration": {"method": "MinMax clip lowered where it cuts the MSE (export/quantize.py activation_ranges)", "samples": calib_samples, "inputs": calib.description},
         "kept_float": {n: list(SENSITIVE.get(n, ())) + (["attention MatMuls of two activations"] if EXCLUDE_ATTENTION else [])
                        for n in report if n not in WEIGHT_ONLY},
         "kept_float_nodes": {n: v for n, v in excluded.items() if n not in WEIGHT_ONLY},

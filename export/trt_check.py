@@ -102,7 +102,7 @@ def _zero_point_problems(node: onnx.NodeProto, where: str, consts: _Constants) -
     if np.any(zp != 0):
         shown = zp.ravel()[:4].tolist()
         return [f"{where}: zero point {zp_name!r} is {shown}, not 0; TensorRT accepts symmetric quantization only "
-                f"(quantize with ActivationSymmetric/WeightSymmetric)"]
+                f"(re-export with qk-export --int8, which writes zero points 0)"]
     if zp.dtype != np.int8:
         return [f"{where}: zero point {zp_name!r} has type {zp.dtype}; TensorRT's Q/DQ take int8 (S8S8)"]
     return []

@@ -429,7 +429,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps in this call")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--release", metavar="CKPT", default=None,
+                        help="train nothing: write a weights-only copy of checkpoint CKPT (EMA weights, config, tokenizer) to --out")
+    parser.add_argument("--dtype", default="float32", choices=sorted(ckpt.RELEASE_DTYPES),
+                        help="with --release: how weights are stored (default float32; float16 halves the file)")
     args = parser.parse_args(argv)
+    if args.release:
+        try:
+            path = ckpt.release(Path(args.release), Path(args.out), args.dtype)
+        except ckpt.CheckpointError as exc:
+            print(f"qk-train: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"qk-train: released {args.release} as {path} ({args.dtype} weights)", file=sys.stderr)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -130,9 +131,30 @@ def choose(requested: str, bundle: Bundle) -> Choice:
     if "CUDAExecutionProvider" in providers:
         return Choice("ort-cuda", "a CUDA build of ONNX Runtime is installed and no TensorRT engines were built for this bundle")
     if _installed("openvino"):
+        if bundle.precision == "int8" and not cpu_has_int8_dot():
+            return Choice("ort-cpu", "no GPU backend; this CPU has no INT8 dot-product instructions (VNNI/AMX), where "
+                                     "OpenVINO ran the Q/DQ INT8 decoder no faster than FP32 and ONNX Runtime's integer "
+                                     "GEMMs ran it 1.4x faster (benchmarks/results/cpu-2core)")
         return Choice("ov-cpu", "no GPU backend is available and OpenVINO is installed; on CPUs it ran this kind of DiT "
-                                "faster than ONNX Runtime (1.25x FP32, about 2x on Q/DQ INT8: see deployment notes)")
+                                "faster than ONNX Runtime (1.25x FP32, about 2x on Q/DQ INT8 with VNNI: see deployment notes)")
     return Choice("ort-cpu", "no GPU backend and no OpenVINO (pip install openvino for faster CPU runs); using ONNX Runtime on the CPU")
+
+
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")  # x86 VNNI / AMX, Arm dot product
+
+
+def cpu_has_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has INT8 dot-product instructions. Unknown (no /proc/cpuinfo) counts as yes."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return True
+    flags = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return any(f in flags for f in INT8_DOT_FLAGS) if flags else True
 
 
 def availability(name: str, bundle: Bundle) -> None:

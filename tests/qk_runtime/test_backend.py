@@ -4,7 +4,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from qk_runtime.backend import BACKENDS, choose, make_backend
+from qk_runtime.backend import BACKENDS, choose, cpu_has_int8_dot, make_backend
 from qk_runtime.bundle import open_bundle
 from qk_runtime.errors import BackendUnavailable
 
@@ -59,6 +59,33 @@ def test_auto_says_what_it_picked_and_why(fp32_bundle):
     assert choice.name in BACKENDS and choice.reason
     if not HAS_TRT and "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers():
         assert choice.name == ("ov-cpu" if HAS_OV else "ort-cpu")
+
+
+def test_int8_dot_product_flags_are_read_from_cpuinfo(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx2 fma\n")
+    vnni = tmp_path / "vnni"
+    vnni.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    arm = tmp_path / "arm"
+    arm.write_text("Features\t: fp asimd asimddp\n")
+    assert not cpu_has_int8_dot(str(avx2))
+    assert cpu_has_int8_dot(str(vnni)) and cpu_has_int8_dot(str(arm))
+    assert cpu_has_int8_dot(str(tmp_path / "missing"))  # unknown: no reason to avoid OpenVINO
+
+
+@pytest.mark.skipif(not HAS_OV, reason="openvino not installed")
+def test_auto_runs_int8_on_onnx_runtime_where_the_cpu_lacks_int8_dot_products():
+    import onnxruntime
+    from pathlib import Path
+
+    int8_bundle = Path(__file__).resolve().parents[2] / "engines" / "default" / "int8"
+
+    if HAS_TRT or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("a GPU backend is available")
+    choice = choose("auto", open_bundle(int8_bundle))
+    assert choice.name == ("ov-cpu" if cpu_has_int8_dot() else "ort-cpu")
+    if choice.name == "ort-cpu":
+        assert "VNNI" in choice.reason
 
 
 def test_unknown_backend_lists_the_choices(fp32_bundle):

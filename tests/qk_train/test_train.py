@@ -137,3 +137,27 @@ def test_autoencoder_stage_then_joint_stage_resumes(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     model = QKModel.from_checkpoint(tmp_path / "stopped" / "final")
     assert model.factor == 4
+
+
+def test_release_writes_half_precision_weights_that_load_and_edit_alike(tiny_run, tmp_path, capsys):
+    final = tiny_run / "final"
+    out = tmp_path / "released"
+    assert main(["--release", str(final), "--out", str(out), "--dtype", "float16"]) == 0
+    weights = load_file(str(out / "model.safetensors"))
+    assert {v.dtype for v in weights.values() if v.is_floating_point()} == {torch.float16}
+    assert not (out / "train_state.safetensors").exists() and not list(out.glob("*state*"))
+    assert (out / "model.safetensors").stat().st_size < 0.6 * (final / "model.safetensors").stat().st_size
+    sample = make_edit("test", 3, 32)
+    a = Pipeline(QKModel.from_checkpoint(final), steps=4).edit(sample.source, sample.instruction, sample.box, seed=7).image
+    b = Pipeline(QKModel.from_checkpoint(out), steps=4).edit(sample.source, sample.instruction, sample.box, seed=7).image
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # float16 storage rounds weights by ~5e-4
+
+
+def test_release_refuses_a_folder_that_is_not_a_checkpoint(tiny_run, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["--release", str(tiny_run / "final"), "--out", str(tmp_path / "mine")]) == 2
+    assert "not a checkpoint" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    assert main(["--release", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    assert "does not exist" in capsys.readouterr().err

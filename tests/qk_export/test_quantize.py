@@ -1,0 +1,94 @@
+"""INT8 graphs: ONNX Runtime runs every quantized MatMul as an integer GEMM, and its result is
+what the Q/DQ arithmetic says (no int16 saturation on CPUs without VNNI); the shared text encoder."""
+import collections
+import json
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from qk_export.bundle import ExportError, export_bundle
+from qk_export.quantize import _quantize_weight, weight_levels
+from qk_runtime import EditSession
+
+
+def _feeds(session, rng, batch=3):
+    feeds = {}
+    for i in session.get_inputs():
+        shape = [batch if isinstance(d, str) and k == 0 else (d if isinstance(d, int) else 8) for k, d in enumerate(i.shape)]
+        if i.type == "tensor(int64)":
+            feeds[i.name] = np.tile(np.arange(shape[1], dtype=np.int64), (shape[0], 1))
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+    if "sigma" in feeds:
+        feeds["sigma"] = np.abs(feeds["sigma"]) + 0.1
+    return feeds
+
+
+def _optimized_ops(path, tmp_path):
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+def test_every_quantized_matmul_becomes_an_integer_gemm_in_onnx_runtime(bundles, tmp_path):
+    path = bundles["int8_region"] / "decoder.onnx"
+    proto = onnx.load(str(path))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    quantized = [n for n in proto.graph.node if n.op_type == "MatMul" and producers.get(n.input[0]) is not None
+                 and producers[n.input[0]].op_type == "DequantizeLinear"]
+    assert quantized
+    consumers = collections.Counter(i for n in proto.graph.node for i in n.input)
+    for n in quantized:  # one Q/DQ pair per consumer: ONNX Runtime fuses only those
+        dq = producers[n.input[0]]
+        assert consumers[dq.output[0]] == 1 and consumers[dq.input[0]] == 1, n.name
+    ops = _optimized_ops(path, tmp_path)
+    assert ops["MatMulIntegerToFloat"] == len(quantized), ops
+
+
+def test_onnx_runtime_int8_matches_the_qdq_arithmetic(bundles):
+    """Fused integer kernels against the same graph run op by op in float (the Q/DQ arithmetic):
+    7-bit weights keep x86 CPUs without VNNI from saturating int16 sums."""
+    rng = np.random.default_rng(0)
+    for graph in ("gateway", "decoder"):
+        path = str(bundles["int8_region"] / f"{graph}.onnx")
+        plain = ort.SessionOptions()
+        plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        fused = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        reference = ort.InferenceSession(path, plain, providers=["CPUExecutionProvider"])
+        feeds = _feeds(fused, rng)
+        a, b = fused.run(None, feeds)[0], reference.run(None, feeds)[0]
+        assert np.abs(a - b).mean() <= 0.01 * b.std(), (graph, np.abs(a - b).mean(), b.std())
+
+
+def test_weights_stay_symmetric_within_their_bit_range():
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    for bits, levels in ((7, 63), (8, 127)):
+        q, scale = _quantize_weight(w, 1, weight_levels(bits))
+        assert q.dtype == np.int8 and np.abs(q).max() == levels and scale.shape == (8,)
+        np.testing.assert_allclose(q * scale, w, atol=scale.max() / 2 + 1e-7)
+    with pytest.raises(ValueError, match="use 8"):
+        weight_levels(4)
+
+
+def test_fp32_bundle_can_share_the_int8_text_encoder(bundles, tiny_checkpoint, tmp_path):
+    int8 = tmp_path / "int8"
+    shutil.copytree(bundles["int8_region"], int8)
+    fp32 = export_bundle(tiny_checkpoint, tmp_path / "fp32", text_encoder_from=int8)
+    manifest = json.loads((fp32 / "manifest.json").read_text())
+    te = manifest["graphs"]["text_encoder"]
+    assert te["file"] == "../int8/text_encoder.onnx" and te["precision"] == "int8"
+    assert not (fp32 / "text_encoder.onnx").exists() and te["file"] in manifest["files"]
+    image = np.full((32, 32, 3), 200, np.uint8)
+    with EditSession(fp32, backend="ort-cpu") as s:
+        r = s.edit(image, "make the red circle blue", box=(2, 2, 20, 20), steps=2)
+    assert r.image.shape == (32, 32, 3)
+    (int8 / "text_encoder.onnx").write_bytes(b"changed")  # the shared file is hashed like its own
+    with pytest.raises(Exception, match="sha256"):
+        EditSession(fp32, backend="ort-cpu")
+    with pytest.raises(ExportError, match="not a bundle"):
+        export_bundle(tiny_checkpoint, tmp_path / "fp32b", text_encoder_from=tmp_path / "nowhere")
+    assert not (tmp_path / "fp32b").exists()
