@@ -29,7 +29,7 @@ from qk_train.models.unified import QKModel
 from qk_train.pipeline import BUCKET_FRACTIONS, Pipeline, active_token_indices
 
 from . import __version__
-from .exporter import cleanup_tool, export_onnx
+from .exporter import cleanup_tool, export_onnx, share_weights
 from .graphs import model_dims, model_specs, sample_inputs, wrap
 from .parity import check_fp32, fp32_parity
 from .trt_check import require_ready
@@ -121,6 +121,9 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(f.fileno())
 
 
+DECODER_WEIGHTS = "decoder.weights"  # external data of decoder.onnx and decoder_region.onnx (region bundles)
+
+
 def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, str]:
     """The text encoder of the bundle `other`, for a bundle written at `out` to use instead of its
     own copy: (path relative to `out`, sha256, parity entry, precision). Refused unless `other`
@@ -184,6 +187,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             for name, r in int8_report.items():
                 report[name] = {**r, "fp32": report[name]}
                 precision[name] = "int8"
+        shared_weights = None
+        if "decoder_region" in specs:  # two graphs over one set of weights: store them once
+            files = [specs["decoder"].file, specs["decoder_region"].file]
+            shared_weights = share_weights(build, files, DECODER_WEIGHTS)
+            log(f"decoder weights: {shared_weights['bytes'] / 1e6:.1f} MB in {DECODER_WEIGHTS}, shared by "
+                f"{' and '.join(files)} ({shared_weights['saved'] / 1e6:.1f} MB not stored twice)")
         (build / TOKENIZER).write_text(model.tokenizer.to_str())
         manifest = {
             "format": "qk-bundle",
@@ -194,7 +203,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             "sparse_attn": sparse_attn,
             "window": model.cfg.decoder.attn_window or None,
             "opset": opset,
-            "graphs": {n: {**s.to_dict(), "precision": precision[n]} for n, s in specs.items()},
+            "graphs": {n: {**s.to_dict(), "precision": precision[n],
+                           **({"external_data": DECODER_WEIGHTS} if shared_weights and n in ("decoder", "decoder_region") else {})}
+                       for n, s in specs.items()},
             "sampler": sampler_settings(model),
             "files": {},
             "parity": report,

@@ -102,3 +102,62 @@ def export_onnx(module: torch.nn.Module, spec: GraphSpec, args: tuple[torch.Tens
         onnx.shape_inference.infer_shapes_path(str(path), str(path))
     onnx.checker.check_model(str(path), full_check=not large)
     return files
+
+
+SHARE_MIN_BYTES = 1024  # initializers smaller than this stay inside their graph
+SHARE_ALIGN = 64  # byte alignment of each tensor in the shared weights file
+
+
+def share_weights(folder: Path, files: list[str], weights_file: str) -> dict[str, int]:
+    """Store the weights of the graphs `files` (in `folder`) once, in one external-data file.
+
+    Initializers of at least SHARE_MIN_BYTES are deduplicated by content (dtype, shape and
+    bytes): the dense and the region decoder are two graphs over the same weights, so their
+    tensors land in `weights_file` once and both graphs point at them by offset (ONNX external
+    data, which ONNX Runtime, OpenVINO and TensorRT's parser read from files). Graph files'
+    former side files (`<file>.data`) are removed. Returns bytes written and bytes saved."""
+    import hashlib
+
+    import os
+
+    from onnx import numpy_helper
+
+    blob = folder / weights_file
+    offsets: dict[str, tuple[int, int]] = {}
+    written = total = 0
+    protos = {}
+    with open(blob, "wb") as out:
+        for name in files:
+            proto = onnx.load(str(folder / name))  # with its external data, if any
+            for t in proto.graph.initializer:
+                raw = numpy_helper.to_array(t).tobytes() if not t.HasField("raw_data") else t.raw_data
+                if len(raw) < SHARE_MIN_BYTES:
+                    continue
+                total += len(raw)
+                key = hashlib.sha256(f"{t.data_type}:{list(t.dims)}:".encode() + raw).hexdigest()
+                if key not in offsets:
+                    pad = (-written) % SHARE_ALIGN
+                    out.write(b"\0" * pad)
+                    written += pad
+                    out.write(raw)
+                    offsets[key] = (written, len(raw))
+                    written += len(raw)
+                offset, length = offsets[key]
+                t.ClearField("raw_data")
+                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
+                    t.ClearField(field)
+                del t.external_data[:]
+                for key_, value in (("location", weights_file), ("offset", str(offset)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key_, value
+                t.data_location = onnx.TensorProto.EXTERNAL
+            protos[name] = proto
+        out.flush()
+        os.fsync(out.fileno())
+    for name, proto in protos.items():
+        side = folder / (name + ".data")
+        (folder / name).write_bytes(proto.SerializeToString())
+        if side.exists():
+            side.unlink()
+        onnx.checker.check_model(str(folder / name))
+    return {"bytes": written, "saved": total - sum(n for _, n in offsets.values())}

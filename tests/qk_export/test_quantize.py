@@ -31,12 +31,13 @@ def _optimized_ops(path, tmp_path):
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False)
+    return collections.Counter(n.op_type for n in optimized.graph.node)
 
 
 def test_every_quantized_matmul_becomes_an_integer_gemm_in_onnx_runtime(bundles, tmp_path):
     path = bundles["int8_region"] / "decoder.onnx"
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)
     producers = {o: n for n in proto.graph.node for o in n.output}
     quantized = [n for n in proto.graph.node if n.op_type == "MatMul" and producers.get(n.input[0]) is not None
                  and producers[n.input[0]].op_type == "DequantizeLinear"]
@@ -92,3 +93,20 @@ def test_fp32_bundle_can_share_the_int8_text_encoder(bundles, tiny_checkpoint, t
     with pytest.raises(ExportError, match="not a bundle"):
         export_bundle(tiny_checkpoint, tmp_path / "fp32b", text_encoder_from=tmp_path / "nowhere")
     assert not (tmp_path / "fp32b").exists()
+
+
+def test_region_bundle_stores_the_decoder_weights_once(bundles):
+    folder = bundles["int8_region"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "decoder.weights" in manifest["files"]
+    spans = {}
+    for graph in ("decoder", "decoder_region"):
+        assert manifest["graphs"][graph]["external_data"] == "decoder.weights"
+        proto = onnx.load(str(folder / f"{graph}.onnx"), load_external_data=False)
+        ext = [dict((e.key, e.value) for e in t.external_data) for t in proto.graph.initializer
+               if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert ext and all(e["location"] == "decoder.weights" for e in ext)
+        spans[graph] = {(int(e["offset"]), int(e["length"])) for e in ext}
+    assert spans["decoder"] <= spans["decoder_region"]  # every dense weight is shared, none copied
+    size = (folder / "decoder.weights").stat().st_size
+    assert size < 1.1 * sum(n for _, n in spans["decoder_region"])
