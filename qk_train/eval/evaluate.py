@@ -70,7 +70,7 @@ class BundleEditor:
 
         self.session = EditSession(path, backend=backend)
         self.steps = steps
-        self.sparse = None if sparse == "none" else sparse
+        self.sparse = sparse  # "none" runs the dense decoder even where the bundle has the region one
         self.side = int(self.session.bundle.dims.image_size)
 
     def edit_many(self, images, instructions, boxes, seeds):
