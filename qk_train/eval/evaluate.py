@@ -120,18 +120,21 @@ def edit_metrics(editor: Editor, split: str, n: int, settings: list[str], seed: 
     }
 
 
-def generation_metrics(editor: Editor, split: str, n: int, seed: int, progress: Callable) -> dict:
+def generation_metrics(editor: Editor, split: str, n: int, seed: int, progress: Callable, keep: list | None = None) -> dict:
     ok = []
     for start in progress(range(0, n, CHUNK), desc=f"generations ({CHUNK} a batch)"):
         ids = range(start, min(n, start + CHUNK))
         drawn = [make_generation(split, i, editor.side) for i in ids]
         outs = editor.generate_many([caption for _, caption, _ in drawn], [seed + i for i in ids])
         ok.extend(judge_generation(out, scene) for out, (_, _, scene) in zip(outs, drawn))
+        if keep is not None:  # the images, for FD-SW
+            keep.extend(outs)
     return {"gen_accuracy": float(np.mean(ok)) if ok else None}
 
 
 def evaluate(model: Path, *, split: str = "test", n: int = 500, gen_n: int | None = None, settings: list[str] | None = None,
-             steps: int | None = None, seed: int = 0, backend: str = "auto", sparse: str = "none", progress: bool = True) -> dict:
+             steps: int | None = None, seed: int = 0, backend: str = "auto", sparse: str = "none", progress: bool = True,
+             inception: Path | None = None) -> dict:
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; choose one of {list(SPLITS)}")
     settings = settings or list(SETTINGS)
@@ -140,16 +143,32 @@ def evaluate(model: Path, *, split: str = "test", n: int = 500, gen_n: int | Non
     editor = open_editor(model, steps, backend, sparse)
     tic = time.perf_counter()
     result = {"model": str(model), "split": split, "n_edits": n, "n_generations": gen_n, "steps": steps, "seed": seed, "sparse": sparse}
+    generated: list = []  # filled by "generation", read by "fd"
     for name, fn in METRICS.items():
-        result.update(fn(editor=editor, split=split, n=n, gen_n=gen_n, settings=settings, seed=seed, progress=bar))
+        result.update(fn(editor=editor, split=split, n=n, gen_n=gen_n, settings=settings, seed=seed, progress=bar,
+                         generated=generated, inception=inception))
     result["elapsed_s"] = round(time.perf_counter() - tic, 1)
     return result
 
 
 METRICS: dict[str, Callable[..., dict]] = {
     "edit": lambda editor, split, n, settings, seed, progress, **_: edit_metrics(editor, split, n, settings, seed, progress),
-    "generation": lambda editor, split, gen_n, seed, progress, **_: generation_metrics(editor, split, gen_n, seed, progress),
+    "generation": lambda editor, split, gen_n, seed, progress, generated, **_: generation_metrics(editor, split, gen_n, seed, progress, generated),
+    "fd": lambda editor, split, generated, inception, **_: fd_metrics(editor, split, generated, inception),
 }
+
+
+# --------------------------------------------------------------------------- FD-SW (issue #7)
+
+
+def fd_metrics(editor: Editor, split: str, generated: list, inception: Path | None) -> dict:
+    """`fd`: FD-SW of the generations above against real images (see qk_train/eval/fd.py); true FID
+    only with local Inception weights (`--inception`). Without torch it says why it is missing."""
+    try:
+        from .fd import fd_report
+    except ImportError as exc:
+        return {"fd": {"value": None, "reason": f"FD-SW needs torch ({exc}); pip install -e '.[train]'"}}
+    return {"fd": fd_report(generated, split=split, side=editor.side, inception=inception)}
 
 
 def _progress(iterable, desc=None):
@@ -180,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (sample i uses seed + i)")
     parser.add_argument("--backend", default="auto", help="for bundles: auto|ort|openvino (default auto)")
     parser.add_argument("--sparse", default="none", choices=["none", "region"], help="decoder sparsity for edits")
+    parser.add_argument("--inception", default=None, metavar="PATH",
+                        help="local Inception-v3 state dict (torchvision layout; needs torchvision): adds true FID to `fd`")
     parser.add_argument("--json", required=True, help="write the figures to this JSON file")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -187,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n and --gen-n must be >= 0")
     settings = ["no_box"] if args.no_box else ["box"] if args.box_only else list(SETTINGS)
     try:
+        if args.inception:  # fail before the generations, not after them
+            from .fd import check_inception
+
+            check_inception(Path(args.inception))
         result = evaluate(Path(args.model), split=args.split, n=args.n, gen_n=args.gen_n, settings=settings, steps=args.steps,
-                          seed=args.seed, backend=args.backend, sparse=args.sparse, progress=not args.no_progress)
+                          seed=args.seed, backend=args.backend, sparse=args.sparse, progress=not args.no_progress,
+                          inception=Path(args.inception) if args.inception else None)
     except (FileNotFoundError, ValueError) as exc:
         print(f"qk-eval: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,178 @@
+"""qk-study on the tiny preset: every arm trained, evaluated and tabulated; resuming skips finished work."""
+import json
+import re
+
+import pytest
+import torch
+
+from qk_train import study
+from qk_train.train import resolve_config
+
+ARGS = ["--preset", "tiny", "--steps", "2", "--seeds", "0", "--n", "5", "--gen-n", "3", "--sample-steps", "1",
+        "--stability-seeds", "2", "--probe-n", "5", "--no-progress"]
+TRAINED = ["full", "no_cmg", "no_gateway", "dual", "depth2", "depth4", "edit_w0.5", "edit_w2", "probe"]  # tiny: depth1, edit_w1 = full
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: many times faster than two on a busy 2-core machine; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("study")
+    args = ARGS + ["--out", str(root / "runs"), "--json", str(root / "study.json")]
+    assert study.main(args) == 0
+    return root, args
+
+
+def _load(root):
+    return json.loads((root / "study.json").read_text()), (root / "study.md").read_text()
+
+
+def _table_rows(md: str) -> dict[str, list[str]]:
+    """The arms table: arm name -> cells, keyed by the header."""
+    lines = [ln for ln in md.splitlines() if ln.startswith("| arm |")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in md.splitlines():
+        m = re.match(r"\| `([^`]+)` \|", ln)
+        if m:
+            rows[m.group(1)] = dict(zip(header, [c.strip() for c in ln.strip("|").split("|")]))
+    return rows
+
+
+def test_every_arm_is_trained_evaluated_and_tabulated(smoke):
+    root, _ = smoke
+    r, md = _load(root)
+    names = [a["name"] for a in r["arms"]]
+    assert names == ["full", "no_cmg", "no_gateway", "dual", "depth1", "depth2", "depth4", "edit_w0.5", "edit_w1", "edit_w2", "probe"]
+    assert sorted(r["this_call"]["trained"]) == sorted(
+        [f"{a}/seed0/model" for a in TRAINED if a != "dual"] + ["dual/seed0/gen", "dual/seed0/edit"])
+    assert sorted(r["this_call"]["evaluated"]) == sorted(f"{a}/seed0" for a in TRAINED)
+    for name in TRAINED:
+        roles = ["gen", "edit"] if name == "dual" else ["model"]
+        for role in roles:
+            assert (root / "runs" / name / "seed0" / role / "final" / "model.safetensors").exists()
+        assert (root / "runs" / name / "seed0" / "eval.json").exists()
+    by = {a["name"]: a for a in r["arms"]}
+    assert by["depth1"]["alias_of"] == "full" and by["depth1"]["edit_success"] == by["full"]["edit_success"]
+    for a in r["arms"]:
+        assert a["seeds"] == [0]
+        for key in ("edit_success", "drift", "fd"):
+            assert a[key] is not None and a["per_seed"][key] == [a[key]] and a["spread"][key]["min"] == a[key]
+        assert 0.0 <= a["edit_success"] <= 1.0 and 0.0 <= a["drift"] <= 1.0 and a["fd"] >= 0.0
+    # the gate's overlap with the true change mask exists exactly where there is a CMG
+    assert by["full"]["gate_iou"] is not None and by["no_cmg"]["gate_iou"] is None
+    assert by["dual"]["gate_iou"] is not None  # the editing model has a CMG
+    # the dual pair matches full's size within a fifth (tiny: the trainable text encoder is duplicated)
+    assert 0.8 <= r["dual_sizing"]["ratio"] <= 1.25
+    # the probe figures, for the probe arm and for full
+    for name in ("probe", "full"):
+        assert by[name]["probe_held_out_pairs"] is not None and by[name]["probe_background"] is not None
+    # smoke, loudly
+    assert r["smoke"] and "tiny" in " ".join(r["smoke_reasons"])
+    assert md.count("TINY SMOKE RUN - NOT EVIDENCE") >= 2
+    assert all("SMOKE RUN: NOT EVIDENCE" in c["verdict"] for c in r["claims"])
+    assert r["command"].startswith("qk-study --preset tiny") and r["wall_s"]["total_compute"] > 0 and r["machine"]["cores"]
+
+
+def test_the_tables_numbers_are_the_jsons(smoke):
+    root, _ = smoke
+    r, md = _load(root)
+    rows = _table_rows(md)
+    assert set(rows) == {a["name"] for a in r["arms"]}
+    for a in r["arms"]:
+        for header, metric, digits in study.TABLE_COLUMNS:
+            cell = rows[a["name"]][header]
+            if a[metric] is None:
+                assert cell == "-", (a["name"], header)
+            else:
+                assert float(cell.split()[0]) == pytest.approx(a[metric], abs=0.51 * 10 ** -digits), (a["name"], header)
+    claims = [ln for ln in md.splitlines() if ln.startswith("| CMG cuts")]
+    full, no_cmg = (next(a for a in r["arms"] if a["name"] == n) for n in ("full", "no_cmg"))
+    assert f"{full['drift']:.4f} (full) vs {no_cmg['drift']:.4f} (no_cmg)" in claims[0]
+    for claim in ("Unified beats dual", "Users prefer", "LPIPS", "Edit success per task", "Joint training", "Generalizes"):
+        assert any(c["claim"].startswith(claim) for c in r["claims"]), claim
+
+
+def test_resuming_skips_finished_arms_and_redoes_only_what_is_missing(smoke):
+    root, args = smoke
+    evals = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/seed0/eval.json")}
+    finals = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/seed0/*/final/model.safetensors")}
+    assert study.main(args) == 0
+    r, _ = _load(root)
+    assert r["this_call"]["trained"] == [] and r["this_call"]["evaluated"] == []
+    assert len(r["this_call"]["skipped"]) == len(evals) + len(finals)
+    assert {p: p.stat().st_mtime_ns for p in evals} == evals and {p: p.stat().st_mtime_ns for p in finals} == finals
+
+    (root / "runs" / "no_cmg" / "seed0" / "eval.json").unlink()
+    assert study.main(args) == 0
+    r, _ = _load(root)
+    assert r["this_call"]["trained"] == [] and r["this_call"]["evaluated"] == ["no_cmg/seed0"]
+
+
+def test_a_study_folder_refuses_another_config(smoke, capsys):
+    root, args = smoke
+    assert study.main(args + ["--set", "train.lr=0.01"]) == 2
+    assert "rerun with those, or use a new --out" in capsys.readouterr().err
+
+
+def test_unknown_arm_and_bad_seeds_are_clear_errors(tmp_path, capsys):
+    assert study.main(ARGS + ["--out", str(tmp_path / "r"), "--json", str(tmp_path / "s.json"), "--arms", "full,nope"]) == 2
+    assert "unknown arm(s) ['nope']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.main(["--seeds", "0,0"])
+    assert "distinct integers" in capsys.readouterr().err
+
+
+def test_seed_stats_reports_the_spread():
+    st = study.seed_stats([0.4, 0.5, 0.6])
+    assert st["mean"] == pytest.approx(0.5) and st["min"] == 0.4 and st["max"] == 0.6 and st["std"] == pytest.approx(0.1)
+    assert study.seed_stats([0.3, None]) is None
+
+
+def test_dual_sizing_matches_the_small_preset_within_two_percent():
+    sizing = study.dual_sizing(resolve_config("small", [], None))
+    assert abs(sizing["ratio"] - 1.0) < 0.02 and sizing["width"] < sizing["full_width"]
+
+
+def _arm(name, **figures):
+    """An arm entry as arm_entry makes it, from per-seed figures (two training seeds)."""
+    base = {"edit_success": [0.5, 0.6], "drift": [0.010, 0.012], "colour_drift": [0.010, 0.012], "fd": [10.0, 12.0],
+            "fd_floor": [2.0, 2.0], "stable_share": [0.4, 0.5], "gate_iou": [0.7, 0.8], "gate_precision": [0.8, 0.8],
+            "gate_recall": [0.9, 0.9], **{f"success_{k}": [0.5, 0.5] for k in ("colour", "remove", "insert", "move", "resize")}}
+    base.update(figures)
+    entry = {"name": name, "seeds": [0, 1], "per_seed": base}
+    entry.update({k: (None if None in v else sum(v) / len(v)) for k, v in base.items()})
+    return entry
+
+
+def test_claim_verdicts_follow_the_stated_rules():
+    arms = {
+        "full": _arm("full", probe_held_in=[0.6, 0.6], probe_held_out_pairs=[0.3, 0.3], probe_background=[0.6, 0.6]),
+        "no_cmg": _arm("no_cmg", drift=[0.020, 0.030], gate_iou=[None, None]),  # full's drift is 50 %+ lower, every seed
+        "no_gateway": _arm("no_gateway", edit_success=[0.2, 0.3], colour_drift=[0.011, 0.013], stable_share=[0.1, 0.3]),
+        "dual": _arm("dual", edit_success=[0.55, 0.5], fd=[20.0, 30.0]),  # seed 0: dual beats full on edits
+        "probe": _arm("probe", probe_held_in=[0.6, 0.6], probe_held_out_pairs=[0.3, 0.3], probe_background=[0.6, 0.6]),
+    }
+    rows = study.claims(arms, smoke=False)
+
+    def verdict(prefix):
+        return next(c["verdict"] for c in rows if c["claim"].startswith(prefix))
+
+    assert verdict("CMG cuts") == "holds"
+    assert verdict("Attribute edits") == "does not hold"  # 9 % lower, not 40 %
+    assert verdict("Unified beats") == "does not hold"  # not in every seed against dual
+    assert verdict("Joint training") == "holds"  # FD-SW 11 vs 25: 56 % lower, every seed
+    assert verdict("Query gateway") == "holds"  # 0.45 / 0.2 = 2.25x, every seed
+    assert verdict("Generalizes") == "does not hold"  # 0.3 on held-out pairs vs 0.6 held-in
+    for prefix in ("Edit success per task", "Users prefer", "LPIPS"):
+        assert verdict(prefix) == "cannot be tested here"
+    arms["full"]["per_seed"]["drift"] = [0.010, 0.035]  # seed 1: full drifts more than no_cmg
+    assert study.claims(arms, smoke=False)[0]["verdict"] == "does not hold"
+    assert "IoU 0.750" in study.claims(arms, smoke=False)[0]["why"]  # the gate explains why
