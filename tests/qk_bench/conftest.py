@@ -1,0 +1,54 @@
+"""The tiny preset trained once, and one quick qk-bench run on it shared by the smoke tests.
+
+Training uses `qk_train.train.Trainer` (as tests/qk_runtime and tests/qk_export do); the run
+exports its bundles into a temporary cache and measures a few configurations, one per engine.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TRAIN_STEPS = 8  # moves the zero-initialised output layers off zero; latency needs no quality
+SMOKE_CONFIGS = "torch-fp32-eager,ort-fp32-dense,ort-fp32-region,ort-int8-dense,peer-ov-int8-plain"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    torch = pytest.importorskip("torch", reason="training the tiny test model needs torch (pip install 'query-kontext[export]')")
+    from qk_train.train import Trainer, resolve_config
+
+    out = tmp_path_factory.mktemp("qk_bench_tiny")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model trains far faster on one thread of a shared CPU
+    try:
+        return Trainer(resolve_config("tiny", [], TRAIN_STEPS), out, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_checkpoint, tmp_path_factory) -> dict:
+    """qk-bench --quick on the tiny checkpoint; returns the paths and the JSON."""
+    pytest.importorskip("openvino", reason="the plain peer needs OpenVINO (pip install 'query-kontext[openvino]')")
+    import torch
+
+    from qk_bench.bundles import prepare
+    from qk_bench.cli import main
+
+    root = tmp_path_factory.mktemp("qk_bench_run")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # fill the run's bundle cache here: two exports in this process, not two qk-export processes
+        prepare(tiny_checkpoint, root / "cache", ["fp32-region", "int8-region"], log=lambda m: None, in_process=True)
+    finally:
+        torch.set_num_threads(threads)
+    out_dir, json_path = root / "results", root / "bench.json"
+    argv = ["--model", str(tiny_checkpoint), "--cache", str(root / "cache"), "--out-dir", str(out_dir),
+            "--json", str(json_path), "--quick", "--configs", SMOKE_CONFIGS, "--quality-n", "2",
+            "--scaling-presets", "tiny", "--scaling-sides", "64,128", "--threads", "1", "--import-repeats", "1",
+            "--peak-size", "256"]
+    code = main(argv)
+    assert code == 0, f"qk-bench exited {code}"
+    return {"out_dir": out_dir, "json": json_path, "doc": json.loads(json_path.read_text())}
