@@ -55,7 +55,7 @@ def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, cali
                           f"`axis` from opset 13); got --opset {opset}")
     lo, hi = OPSET_RANGE
     if not lo <= opset <= hi:
-        raise ExportError(f"--opset {opset} is outside {lo}..{hi}, the opsets {TARGET} reads; use 17 (the default)")
+        raise ExportError(f"--opset {opset} is outside {lo}..{hi}, the opsets {TARGET} reads; use 20 (the default)")
     if int8 and calib_samples < 1:
         raise ExportError(f"--calib-samples {calib_samples}: need at least 1 (32-128 is typical)")
     if window is not None and sparse_attn != "window":
@@ -145,6 +145,9 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
                           f"export without --text-encoder-from")
     if (other / TOKENIZER).read_text() != model.tokenizer.to_str():
         raise ExportError(f"--text-encoder-from {other}: its tokenizer differs from this checkpoint's")
+    if theirs["format_version"] != FORMAT_VERSION:
+        raise ExportError(f"--text-encoder-from {other}: written in bundle format {theirs['format_version']}, this "
+                          f"export writes {FORMAT_VERSION} (its text encoder's inputs differ); re-export {other} first")
     graph = theirs["graphs"]["text_encoder"]
     rel = os.path.relpath((other / graph["file"]).resolve(), out.resolve())
     if not rel.startswith(".."):
@@ -153,7 +156,7 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
-                  opset: int = 17, calib_samples: int = 64, window: int | None = None, command: str | None = None,
+                  opset: int = 20, calib_samples: int = 64, window: int | None = None, command: str | None = None,
                   progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None) -> Path:
     """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
 

@@ -153,21 +153,23 @@ def wrap(model: QKModel, spec: GraphSpec) -> _Graph:
 
 
 def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: int | None = None,
-                  active: int | None = None) -> tuple[torch.Tensor, ...]:
+                  active: int | None = None, text_tokens: int | None = None) -> tuple[torch.Tensor, ...]:
     """Random inputs with the contract's dtypes and realistic ranges.
 
     batch: default the profile's max (3 for the guidance graphs); active: default the
-    profile's opt (a quarter of the tokens). Token ids lie in the vocabulary and start with
+    profile's opt (a quarter of the tokens); text_tokens: default the profile's max. Token ids lie in the vocabulary and start with
     [CLS]; masks have leading ones; sigma lies in (0, 1]; masks and flags are 0/1.
     """
     ranges = dict(spec.axis_ranges)
     b = batch or ranges["batch"][2]
     m_active = active or ranges.get("active", (1, 1, 1))[1]
+    n_text = text_tokens or ranges.get("text_tokens", (1, 1, 1))[2]
     n_tokens = model_dims(model).tokens
     vocab = model.tokenizer.get_vocab_size()
     out = []
     for t in spec.inputs:
-        shape = [b if d == "batch" else m_active if d == "active" else d for d in t.shape]
+        named = {"batch": b, "active": m_active, "text_tokens": n_text}
+        shape = [named[d] if isinstance(d, str) else d for d in t.shape]
         if t.name == "input_ids":
             ids = torch.randint(4, vocab, shape, generator=gen)
             ids[:, 0] = model.tokenizer.token_to_id("[CLS]") or 0

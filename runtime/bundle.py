@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import FORMAT_VERSION, MANIFEST, TOKENIZER, Dims, graph_specs
+from .contract import FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs
 from .errors import BundleError
 
 FORMAT = "qk-bundle"
@@ -133,8 +133,9 @@ def _read_manifest(folder: Path) -> dict:
             f"{mpath} has format_version {version}, newer than this runtime reads ({FORMAT_VERSION}); "
             f"upgrade query-kontext or export with the matching version"
         )
-    if version < FORMAT_VERSION:
-        raise BundleError(f"{mpath} has format_version {version}; this runtime reads {FORMAT_VERSION}: {EXPORT_HINT}")
+    if version < MIN_FORMAT_VERSION:
+        raise BundleError(f"{mpath} has format_version {version}; this runtime reads {MIN_FORMAT_VERSION}.."
+                          f"{FORMAT_VERSION}: {EXPORT_HINT}")
     missing = [k for k in ("dims", "graphs", "sampler", "files", "precision") if k not in manifest]
     if missing:
         raise BundleError(f"{mpath} lacks {missing}; {EXPORT_HINT}")
@@ -186,13 +187,15 @@ def _tensors(raw, where: str) -> tuple[TensorInfo, ...]:
 
 
 def _graphs(folder: Path, manifest: dict, dims: Dims, files: dict, where: str) -> dict[str, GraphInfo]:
+    version = manifest["format_version"]
     raw = manifest["graphs"]
     if not isinstance(raw, dict):
         raise BundleError(f"{where}: 'graphs' must be an object; {EXPORT_HINT}")
     missing = [g for g in REQUIRED_GRAPHS if g not in raw]
     if missing:
         raise BundleError(f"{where}: graphs {missing} are missing; {EXPORT_HINT}")
-    expected = graph_specs(dims, gateway="gateway" in raw, gate="cmg" in raw, region="decoder_region" in raw)
+    expected = graph_specs(dims, gateway="gateway" in raw, gate="cmg" in raw, region="decoder_region" in raw,
+                           format_version=version)
     unknown = sorted(set(raw) - set(expected))
     if unknown:
         hint = " (a CMG needs a gateway in this contract)" if "cmg" in unknown else ""

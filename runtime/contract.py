@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1
+# 2: the text encoder's token axis is dynamic ("text_tokens"), so runtimes may run it on the
+# longest prompt of a batch instead of all `max_length` tokens. Runtimes still read 1 (fixed).
+FORMAT_VERSION = 2
+MIN_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 
@@ -103,19 +106,25 @@ def _f(name: str, *shape) -> TensorSpec:
     return TensorSpec(name, "float32", tuple(shape))
 
 
-def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: bool = False) -> dict[str, GraphSpec]:
-    """The graphs of a bundle. `region` adds the sparse decoder that runs on active tokens only."""
+def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: bool = False,
+                format_version: int = FORMAT_VERSION) -> dict[str, GraphSpec]:
+    """The graphs of a bundle. `region` adds the sparse decoder that runs on active tokens only.
+    `format_version` 1 describes older bundles, whose text encoder takes exactly `max_length` tokens."""
     B = "batch"
     S, C, h = d.image_size, d.latent_channels, d.latent_size
     batch = (B, (1, MAX_BATCH, MAX_BATCH))
     cond = (_f("text", B, d.max_length, d.text_width), _f("text_mask", B, d.max_length))
     image_inputs = (_f("source", B, C, h, h), _f("region", B, 1, h, h))
+    if format_version >= 2:  # padding is masked everywhere, so the encoder may run on fewer tokens
+        T, text_axes = "text_tokens", (batch, ("text_tokens", (1, min(16, d.max_length), d.max_length)))
+    else:
+        T, text_axes = d.max_length, (batch,)
     specs = {
         "text_encoder": GraphSpec(
             "text_encoder", "text_encoder.onnx",
-            (TensorSpec("input_ids", "int64", (B, d.max_length)), TensorSpec("attention_mask", "int64", (B, d.max_length))),
-            (_f("hidden", B, d.max_length, d.text_width),),
-            (batch,),
+            (TensorSpec("input_ids", "int64", (B, T)), TensorSpec("attention_mask", "int64", (B, T))),
+            (_f("hidden", B, T, d.text_width),),
+            text_axes,
         ),
         "image_encoder": GraphSpec(
             "image_encoder", "image_encoder.onnx", (_f("image", B, 3, S, S),), (_f("latent", B, C, h, h),), ((B, (1, 1, 2)),)

@@ -144,6 +144,13 @@ def _ms(t0: float) -> float:
 # --------------------------------------------------------------------------- session
 
 
+def text_tokens_dynamic(bundle: Bundle, tokenizer: Tokenizer) -> bool:
+    """Whether the text encoder may run on fewer than `max_length` tokens: its token axis is
+    dynamic (bundle format 2) and the tokenizer pads on the right."""
+    axis = bundle.graphs["text_encoder"].inputs[0].shape[1]
+    return isinstance(axis, str) and (tokenizer.padding or {}).get("direction", "right").lower() == "right"
+
+
 class EditSession:
     """A bundle opened on one backend. See the module doc for the algorithm and thread safety."""
 
@@ -163,6 +170,7 @@ class EditSession:
         self.open_ms = _ms(t0)  # backend start and graph loading
         self._lock = threading.Lock()
         self._empty_text: tuple[np.ndarray, np.ndarray] | None = None
+        self._text_tokens_dynamic = text_tokens_dynamic(self.bundle, self.tokenizer)
         self._scheduler = FlowMatchEulerScheduler(shift=self.bundle.sampler.shift)
 
     # -- lifecycle
@@ -215,7 +223,13 @@ class EditSession:
                 )
         ids = np.array([e.ids for e in encs], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encs], dtype=np.int64)
-        hidden = self.backend.infer("text_encoder", {"input_ids": ids, "attention_mask": mask})["hidden"]
+        L = ids.shape[1]
+        # Bundles of format 2 take any token count: run the encoder on the longest text of the batch
+        # only (padding is on the right and masked in every consumer), then pad its states with zeros.
+        n = max(1, int(mask.sum(1).max())) if self._text_tokens_dynamic else L
+        hidden = self.backend.infer("text_encoder", {"input_ids": ids[:, :n], "attention_mask": mask[:, :n]})["hidden"]
+        if n < L:
+            hidden = np.concatenate([hidden, np.zeros((hidden.shape[0], L - n, hidden.shape[2]), hidden.dtype)], 1)
         timings["text_encoder"] = timings.get("text_encoder", 0.0) + _ms(t0)
         return hidden.astype(np.float32, copy=False), mask.astype(np.float32)
 

@@ -32,7 +32,7 @@ from ..bundle import Bundle, open_bundle
 from ..contract import MANIFEST, Dims
 from ..errors import BundleError, InputError, QKRuntimeError
 from ..sampler import FlowMatchEulerScheduler
-from ..session import EditSession
+from ..session import EditSession, text_tokens_dynamic
 
 REPO_FORMAT = "qk-triton"
 REPO_FORMAT_VERSION = 1
@@ -250,6 +250,7 @@ class RepoSession(EditSession):
         self.open_ms = (time.perf_counter() - t0) * 1000.0
         self._lock = threading.Lock()
         self._empty_text = None
+        self._text_tokens_dynamic = text_tokens_dynamic(self.bundle, self.tokenizer)
         self._scheduler = FlowMatchEulerScheduler(shift=self.bundle.sampler.shift)
 
 

@@ -20,7 +20,8 @@ def _manifest(bundle):
 
 def test_manifest_lists_every_graph_with_its_contract_and_profiles(bundles, tiny_checkpoint):
     m = _manifest(bundles["fp32"])
-    assert m["format"] == "qk-bundle" and m["format_version"] == 1
+    assert m["format"] == "qk-bundle" and m["format_version"] == 2
+    assert m["graphs"]["text_encoder"]["inputs"][0]["shape"] == ["batch", "text_tokens"]  # format 2: any token count
     assert set(m["graphs"]) == GRAPHS and m["precision"] == "fp32" and m["sparse_attn"] == "none"
     expected = graph_specs(Dims(**m["dims"]), gateway=True, gate=True, region=False)
     for name, g in m["graphs"].items():

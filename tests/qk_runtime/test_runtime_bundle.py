@@ -77,3 +77,44 @@ def test_foreign_manifests_are_refused(bundle_copy, change, match):
     _edit_manifest(bundle_copy, change)
     with pytest.raises(BundleError, match=match):
         open_bundle(bundle_copy, verify=False)
+
+
+def _as_format_1(m):
+    """What qk-export wrote before format 2: the text encoder takes exactly max_length tokens."""
+    L = m["dims"]["max_length"]
+    m["format_version"] = 1
+    g = m["graphs"]["text_encoder"]
+    for t in g["inputs"] + g["outputs"]:
+        t["shape"] = [L if d == "text_tokens" else d for d in t["shape"]]
+
+
+def test_format_1_bundles_still_open_and_run_on_every_token(bundle_copy, fp32_bundle, source_image):
+    from qk_runtime import EditSession
+
+    assert open_bundle(fp32_bundle).graphs["text_encoder"].inputs[0].shape == ("batch", "text_tokens")
+    _edit_manifest(bundle_copy, _as_format_1)
+    old = open_bundle(bundle_copy)
+    assert old.graphs["text_encoder"].inputs[0].shape[1] == old.dims.max_length
+    seen = {}
+    with EditSession(fp32_bundle, "ort-cpu", threads=1) as new, EditSession(bundle_copy, "ort-cpu", threads=1) as legacy:
+        for name, s in (("new", new), ("legacy", legacy)):
+            infer = s.backend.infer
+
+            def spy(graph, feeds, _infer=infer, _name=name):
+                if graph == "text_encoder":
+                    seen.setdefault(_name, set()).add(feeds["input_ids"].shape[1])
+                return _infer(graph, feeds)
+
+            s.backend.infer = spy
+        a = new.edit(source_image, "make the red circle blue", box=(2, 2, 20, 20), seed=3).image
+        b = legacy.edit(source_image, "make the red circle blue", box=(2, 2, 20, 20), seed=3).image
+    L = old.dims.max_length
+    assert seen["legacy"] == {L}
+    assert max(seen["new"]) < L  # the short instruction and the empty prompt: only their tokens run
+    assert (a == b).all()  # padding is masked everywhere, so trimming changes nothing
+
+
+def test_format_0_is_refused_with_the_fix(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(format_version=0))
+    with pytest.raises(BundleError, match="reads 1..2.*re-export"):
+        open_bundle(bundle_copy, verify=False)

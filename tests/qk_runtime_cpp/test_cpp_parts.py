@@ -269,7 +269,11 @@ def test_bundle_checks(cpp_build, fp32_bundle, tmp_path):
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
     assert "newer than this runtime reads" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
 
-    manifest["format_version"] = 1
+    manifest["format_version"] = 0
+    (copy2 / "manifest.json").write_text(json.dumps(manifest))
+    assert "this runtime reads 1..2" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
+
+    manifest["format_version"] = 2
     manifest["graphs"]["decoder"]["inputs"][0]["name"] = "latents"
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
     assert "differ from the contract" in probe(cpp_build, "bundle", copy2, ok=False)["message"]

@@ -75,8 +75,9 @@ json read_manifest(const fs::path& folder) {
         throw BundleError(mpath.string() + " has format_version " + std::to_string(version) +
                           ", newer than this runtime reads (" + std::to_string(kFormatVersion) +
                           "); upgrade query-kontext or export with the matching version");
-    if (version < kFormatVersion)
+    if (version < kMinFormatVersion)
         throw BundleError(mpath.string() + " has format_version " + std::to_string(version) + "; this runtime reads " +
+                          std::to_string(kMinFormatVersion) + ".." +
                           std::to_string(kFormatVersion) + ": " + kHint);
     for (const char* k : {"dims", "graphs", "sampler", "files", "precision"})
         if (!m.contains(k)) throw BundleError(mpath.string() + " lacks '" + k + "'; " + kHint);
@@ -224,7 +225,7 @@ std::string Bundle::sha() const {
     return sha256_hex(j.dump(-1, ' ', true));
 }
 
-std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region) {
+std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region, int format_version) {
     const long long S = d.image_size, C = d.latent_channels, h = d.latent_size();
     const Dim B = axis("batch");
     std::map<std::string, std::array<long long, 3>> batch3{{"batch", {1, kMaxBatch, kMaxBatch}}};
@@ -242,9 +243,12 @@ std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bo
         info.outputs = std::move(out);
         g[name] = std::move(info);
     };
-    add("text_encoder",
-        {TensorSpec{"input_ids", DType::I64, {B, num(d.max_length)}}, TensorSpec{"attention_mask", DType::I64, {B, num(d.max_length)}}},
-        {f32("hidden", {B, num(d.max_length), num(d.text_width)})}, batch3);
+    // Format 2: the token axis is dynamic (this runtime still feeds max_length tokens; both work).
+    const Dim T = format_version >= 2 ? axis("text_tokens") : num(d.max_length);
+    auto text_ranges = batch3;
+    if (format_version >= 2) text_ranges["text_tokens"] = {1, std::min<long long>(16, d.max_length), d.max_length};
+    add("text_encoder", {TensorSpec{"input_ids", DType::I64, {B, T}}, TensorSpec{"attention_mask", DType::I64, {B, T}}},
+        {f32("hidden", {B, T, num(d.text_width)})}, text_ranges);
     add("image_encoder", {f32("image", {B, num(3), num(S), num(S)})}, {f32("latent", {B, num(C), num(h), num(h)})}, batch2);
     add("image_decoder", {f32("latent", {B, num(C), num(h), num(h)})}, {f32("image", {B, num(3), num(S), num(S)})}, batch2);
     TensorSpec kontext = f32("kontext", {B, num(d.kontext_tokens), num(d.width)});
@@ -291,7 +295,8 @@ Bundle open_bundle(const std::string& path, bool verify) {
     if (!raw.is_object()) throw BundleError(where + ": 'graphs' must be an object; " + kHint);
     for (const char* g : kRequired)
         if (!raw.contains(g)) throw BundleError(where + ": graph '" + g + "' is missing; " + kHint);
-    auto expected = contract_graphs(b.dims, raw.contains("gateway"), raw.contains("cmg"), raw.contains("decoder_region"));
+    auto expected = contract_graphs(b.dims, raw.contains("gateway"), raw.contains("cmg"), raw.contains("decoder_region"),
+                                    m["format_version"].get<int>());
     for (const auto& [name, _] : raw.items())
         if (!expected.count(name))
             throw BundleError(where + ": graph '" + name + "' is not in the export contract" +

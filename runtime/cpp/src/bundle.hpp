@@ -14,7 +14,8 @@
 
 namespace qk {
 
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;     // 2: the text encoder's token axis is dynamic
+constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
 
 struct Dims {
@@ -76,7 +77,8 @@ struct Bundle {
 };
 
 // The export contract for these dims (runtime/contract.py graph_specs, batch axes as "batch").
-std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region);
+std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region,
+                                                 int format_version = kFormatVersion);
 
 // Throws BundleError naming what is wrong and how to fix it.
 Bundle open_bundle(const std::string& path, bool verify = true);
