@@ -340,10 +340,7 @@ def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul"
                     w = numpy_helper.to_array(inits[name])
                     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
                     axis = 0 if node.op_type == "Gather" or trans_b else 1  # the output-channel axis
-                    amax = np.abs(w).max(axis=1 - axis)
-                    scale = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32)
-                    shape = (-1, 1) if axis == 0 else (1, -1)
-                    q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+                    q, scale = _quantize_weight(w, axis)
                     base = name.replace("/", "_").strip("_") or "w"
                     proto.graph.initializer.extend([
                         numpy_helper.from_array(q, f"{base}_quantized"),

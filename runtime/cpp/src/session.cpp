@@ -133,6 +133,14 @@ struct Session::Impl {
         std::unique_ptr<PreparedCall> call;
     };
     std::map<int, RegionCall> region_calls;
+    // text encoder on fewer than L tokens (bundle format 2: dynamic token axis): one set of
+    // tensors and bound call per token count, made on first use
+    struct TextCall {
+        std::unique_ptr<Tensor> ids, amask, hidden;
+        std::unique_ptr<PreparedCall> call;
+    };
+    std::map<int, TextCall> text_calls;
+    bool text_dynamic = false;
     std::unique_ptr<PreparedCall> c_text, c_image_encoder, c_image_decoder, c_gateway, c_cmg, c_decoder;
 
     bool have_empty = false;
@@ -178,6 +186,7 @@ struct Session::Impl {
         backend = make_backend(bundle, options);
         // bind now what an edit with the default settings runs; the other decoder binds on first use
         c_text = bind("text_encoder", {&ids, &amask}, {&hidden});
+        text_dynamic = !bundle.graph("text_encoder").inputs[0].shape[1].axis.empty();
         c_image_encoder = bind("image_encoder", {&image}, {&latent});
         c_image_decoder = bind("image_decoder", {&dec_latent}, {&dec_image});
         if (bundle.has_gateway()) c_gateway = bind("gateway", {&text, &text_mask, &source, &region, &flags}, {&kontext});
@@ -223,6 +232,19 @@ struct Session::Impl {
         return *it->second.call;
     }
 
+    TextCall& text_call(int n) {
+        auto it = text_calls.find(n);
+        if (it == text_calls.end()) {
+            TextCall tc;
+            tc.ids = std::make_unique<Tensor>("input_ids", DType::I64, std::vector<std::int64_t>{1, n});
+            tc.amask = std::make_unique<Tensor>("attention_mask", DType::I64, std::vector<std::int64_t>{1, n});
+            tc.hidden = std::make_unique<Tensor>("hidden", DType::F32, std::vector<std::int64_t>{1, n, Wt});
+            tc.call = bind("text_encoder", {tc.ids.get(), tc.amask.get()}, {tc.hidden.get()});
+            it = text_calls.emplace(n, std::move(tc)).first;
+        }
+        return it->second;
+    }
+
     // tokenize + text encoder at batch 1 -> hidden (L, Wt), mask (L) as float
     void encode_text(const std::string& s, float* out_hidden, float* out_mask, std::map<std::string, double>& timings,
                      std::vector<std::string>* warnings) {
@@ -231,10 +253,27 @@ struct Session::Impl {
         if (e.truncated && warnings)
             warnings->push_back("instruction '" + s.substr(0, 40) + "'... is longer than the model's " + std::to_string(L) +
                                 " tokens; the rest is ignored");
-        std::copy(e.ids.begin(), e.ids.end(), ids.i.begin());
-        std::copy(e.attention_mask.begin(), e.attention_mask.end(), amask.i.begin());
-        c_text->run();
-        std::copy(hidden.f.begin(), hidden.f.end(), out_hidden);
+        // Format 2: run the encoder on the text's own tokens (padding is on the right and masked
+        // in every consumer), and give zeros for the padding positions, as the Python runtime does.
+        int n = L;
+        if (text_dynamic) {
+            n = 0;
+            for (auto m : e.attention_mask) n += m != 0 ? 1 : 0;
+            n = std::max(n, 1);
+        }
+        if (n == L) {
+            std::copy(e.ids.begin(), e.ids.end(), ids.i.begin());
+            std::copy(e.attention_mask.begin(), e.attention_mask.end(), amask.i.begin());
+            c_text->run();
+            std::copy(hidden.f.begin(), hidden.f.end(), out_hidden);
+        } else {
+            TextCall& tc = text_call(n);
+            std::copy(e.ids.begin(), e.ids.begin() + n, tc.ids->i.begin());
+            std::copy(e.attention_mask.begin(), e.attention_mask.begin() + n, tc.amask->i.begin());
+            tc.call->run();
+            std::copy(tc.hidden->f.begin(), tc.hidden->f.end(), out_hidden);
+            std::fill(out_hidden + static_cast<std::ptrdiff_t>(n) * Wt, out_hidden + static_cast<std::ptrdiff_t>(L) * Wt, 0.0f);
+        }
         for (int k = 0; k < L; ++k) out_mask[k] = static_cast<float>(e.attention_mask[static_cast<std::size_t>(k)]);
         timings["text_encoder"] += ms_since(t0);
     }
