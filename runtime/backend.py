@@ -137,7 +137,11 @@ def choose(requested: str, bundle: Bundle) -> Choice:
                                      "GEMMs ran it 1.4x faster (benchmarks/results/cpu-2core)")
         return Choice("ov-cpu", "no GPU backend is available and OpenVINO is installed; on CPUs it ran this kind of DiT "
                                 "faster than ONNX Runtime (1.25x FP32, about 2x on Q/DQ INT8 with VNNI: see deployment notes)")
-    return Choice("ort-cpu", "no GPU backend and no OpenVINO (pip install openvino for faster CPU runs); using ONNX Runtime on the CPU")
+    if bundle.precision == "int8" and not cpu_has_int8_dot():
+        return Choice("ort-cpu", "no GPU backend; ONNX Runtime on the CPU (the choice here even with OpenVINO installed: "
+                                 "this CPU has no INT8 dot-product instructions, VNNI/AMX)")
+    return Choice("ort-cpu", "no GPU backend and no OpenVINO (pip install openvino, which auto prefers on CPUs); "
+                             "using ONNX Runtime on the CPU")
 
 
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")  # x86 VNNI / AMX, Arm dot product

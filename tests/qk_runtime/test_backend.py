@@ -88,6 +88,25 @@ def test_auto_runs_int8_on_onnx_runtime_where_the_cpu_lacks_int8_dot_products():
         assert "VNNI" in choice.reason
 
 
+def test_auto_without_openvino_suggests_it_only_where_auto_would_use_it(fp32_bundle, monkeypatch):
+    import onnxruntime
+    from pathlib import Path
+
+    import qk_runtime.backend as backend
+
+    if HAS_TRT or "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("a GPU backend is available")
+    real = backend._installed
+    monkeypatch.setattr(backend, "_installed", lambda name: False if name == "openvino" else real(name))
+    int8 = open_bundle(Path(__file__).resolve().parents[2] / "engines" / "default" / "int8")
+    for has_dot, bundle in ((False, int8), (True, int8), (False, open_bundle(fp32_bundle))):
+        monkeypatch.setattr(backend, "cpu_has_int8_dot", lambda *a, _v=has_dot: _v)
+        choice = backend.choose("auto", bundle)
+        assert choice.name == "ort-cpu"
+        suggests = "pip install openvino" in choice.reason
+        assert suggests == (has_dot or bundle.precision == "fp32"), choice.reason  # never where it would not help
+
+
 def test_unknown_backend_lists_the_choices(fp32_bundle):
     with pytest.raises(BackendUnavailable, match="unknown backend 'cuda'.*ort-cpu"):
         choose("cuda", open_bundle(fp32_bundle))
