@@ -147,17 +147,23 @@ def choose(requested: str, bundle: Bundle) -> Choice:
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")  # x86 VNNI / AMX, Arm dot product
 
 
-def cpu_has_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether the CPU has INT8 dot-product instructions. Unknown (no /proc/cpuinfo) counts as yes."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (x86 `flags`, Arm `Features`) from /proc/cpuinfo; empty when unreadable."""
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return True
-    flags = set()
+        return set()
+    flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
+    return flags
+
+
+def cpu_has_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU has INT8 dot-product instructions. Unknown (no flags read) counts as yes."""
+    flags = cpu_flags(cpuinfo)
     return any(f in flags for f in INT8_DOT_FLAGS) if flags else True
 
 

@@ -18,10 +18,10 @@ windows, half the grid); `region` the region decoder on the CMG's active tokens.
 from __future__ import annotations
 
 import fnmatch
-import importlib.util
 import shutil
 from dataclasses import asdict, dataclass
-from pathlib import Path
+
+from qk_runtime.backend import _installed, cpu_flags
 
 ENGINES = ("torch", "runtime", "peer", "tensorrt")
 SPARSE = ("dense", "window", "region")
@@ -91,26 +91,6 @@ def names() -> list[str]:
 
 
 # --------------------------------------------------------------------------- what can run here
-
-
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return set()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return flags
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def skip_reason(c: BenchConfig, *, quick: bool, flags: set[str]) -> str | None:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .configs import cpu_flags
+from qk_runtime.backend import cpu_flags
 
 # flags that matter for these runtimes' kernels
 KEY_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",

@@ -3,7 +3,6 @@ import json
 import re
 
 import pytest
-import torch
 
 from qk_train import study
 from qk_train.train import resolve_config
@@ -11,15 +10,6 @@ from qk_train.train import resolve_config
 ARGS = ["--preset", "tiny", "--steps", "2", "--seeds", "0", "--n", "5", "--gen-n", "3", "--sample-steps", "1",
         "--stability-seeds", "2", "--probe-n", "5", "--no-progress"]
 TRAINED = ["full", "no_cmg", "no_gateway", "dual", "depth2", "depth4", "edit_w0.5", "edit_w2", "probe"]  # tiny: depth1, edit_w1 = full
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: many times faster than two on a busy 2-core machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
