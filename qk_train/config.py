@@ -105,6 +105,7 @@ class TrainConfig:
     ae_batch_size: int = 32
     checkpoint_every: int = 500
     log_every: int = 20
+    init_from: str | None = None  # start the main stage from this checkpoint's weights (fine-tuning, warm restarts)
 
 
 # --------------------------------------------------------------------------- model config

@@ -5,6 +5,8 @@ a generator seeded the same way, so a run stopped and resumed from a checkpoint 
 same weights as one that ran straight through (on CPU, same thread count).
 
     qk-train --preset small --out runs/small          # trains, or resumes if runs/small has checkpoints
+    qk-train --preset small --init-from engines/default/checkpoint --set train.seed=1 --steps 4000 --out runs/ft
+                                                      # continues from the shipped model's weights
     torchrun --nproc-per-node 2 -m qk_train.train --preset tiny --out runs/t   # DDP (gloo on CPU)
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -287,6 +290,31 @@ class Trainer:
         if meta.get("optimizer"):
             ckpt.load_optimizer(self.opt, tensors, meta["optimizer"])
 
+    def _init_from(self, path: Path) -> None:
+        """Start the main stage at step 0 from another checkpoint's (EMA) weights: fine-tuning or
+        a warm restart. The codec is taken as trained (no autoencoder stage); optimizer and EMA
+        start fresh, with the configured warm-up."""
+        check_init_source(self.cfg, path)
+        weights = ckpt.load_weights(path)
+        own = self.model.saved_state()
+        missing = sorted(set(own) - set(weights))
+        unexpected = sorted(set(weights) - set(own))
+        if missing or unexpected:
+            raise ckpt.CheckpointError(
+                f"--init-from {path}: its weights do not fit this model (missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}); use a checkpoint of the same preset")
+        for name, value in weights.items():
+            if value.shape != own[name].shape:
+                raise ckpt.CheckpointError(
+                    f"--init-from {path}: {name} has shape {tuple(value.shape)}, this model "
+                    f"{tuple(own[name].shape)}; use a checkpoint of the same preset")
+        self.model.load_state_dict({k: v.to(own[k].dtype) for k, v in weights.items()}, strict=False)
+        self.state = RunState(STAGE_MAIN, 0)
+        self._setup_stage()
+        if self.rank == 0:
+            print(f"starting from the weights of {path} (sha256 {ckpt.sha256_file(path / ckpt.MODEL_FILE)[:16]})",
+                  file=sys.stderr)
+
     # ---------------------------------------------------------------- stages
 
     def _stage_total(self) -> int:
@@ -325,6 +353,11 @@ class Trainer:
             self.resume(latest)
             if self.rank == 0:
                 print(f"resuming from {latest} ({self.state.stage} step {self.state.step})", file=sys.stderr)
+        elif cfg.train.init_from:
+            self._init_from(Path(cfg.train.init_from))
+            if self.rank == 0:
+                self.out.mkdir(parents=True, exist_ok=True)
+                (self.out / "hyperparameters.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         else:
             if self.cfg.codec.kind == "pretrained":  # no autoencoder stage: measure its latents now
                 self._finish_codec()
@@ -420,6 +453,34 @@ def resolve_config(preset: str, overrides: list[str], steps: int | None) -> Mode
     return from_dict(values, where=f"preset {preset!r} with overrides")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (what `kill`, schedulers and container stops send) end training with a
+    checkpoint. A shell that starts a background job without job control sets SIGINT to ignored,
+    and Python keeps that; so both are installed here explicitly."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
+
+
+def check_init_source(cfg: ModelConfig, path: Path) -> None:
+    """A checkpoint can seed a run only if every model section of its config equals this run's
+    (data and training settings may differ)."""
+    try:
+        path = ckpt.check_checkpoint_dir(Path(path))
+    except ckpt.CheckpointError as exc:
+        raise ckpt.CheckpointError(f"--init-from: {exc}".replace("pass --model with", "give")) from None
+    src = from_dict(yaml.safe_load((path / ckpt.CONFIG_FILE).read_text()), where=str(path / ckpt.CONFIG_FILE))
+    differ = [name for name in ("text", "codec", "gateway", "gate", "decoder")
+              if getattr(src, name) != getattr(cfg, name)]
+    if differ:
+        raise ConfigError(
+            f"--init-from {path}: its model differs from this run's in {differ}; train with the "
+            f"preset it was made with (its {ckpt.CONFIG_FILE} says name {src.name!r})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qk-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small", help=f"preset name ({', '.join(preset_names())}) or a YAML file (default: small)")
@@ -429,6 +490,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps in this call")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--init-from", metavar="CKPT", default=None,
+                        help="start a new run from the weights of checkpoint CKPT (e.g. engines/default/checkpoint): "
+                             "fine-tuning or a warm restart; no autoencoder stage, fresh optimizer with warm-up")
     parser.add_argument("--release", metavar="CKPT", default=None,
                         help="train nothing: write a weights-only copy of checkpoint CKPT (EMA weights, config, tokenizer) to --out")
     parser.add_argument("--dtype", default="float32", choices=sorted(ckpt.RELEASE_DTYPES),
@@ -445,7 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.init_from:
+            args.set = [*args.set, f"train.init_from={args.init_from}"]
         cfg = resolve_config(args.preset, args.set, args.steps)
+        if cfg.train.init_from:
+            check_init_source(cfg, Path(cfg.train.init_from))
         out = Path(args.out)
         existing = out / "hyperparameters.yaml"
         if existing.exists() and ckpt.latest_checkpoint(out) is not None:
@@ -464,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ckpt.CheckpointError, DataError) as exc:
         print(f"qk-train: error: {exc}", file=sys.stderr)
         return 2
+    _stop_on_signals()
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
     try:

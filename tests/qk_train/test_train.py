@@ -161,3 +161,59 @@ def test_release_refuses_a_folder_that_is_not_a_checkpoint(tiny_run, tmp_path, c
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert main(["--release", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tiny_run, tmp_path):
+    src = load_file(str(tiny_run / "final" / "model.safetensors"))
+    # lr 0: the run must end with exactly the weights it started from
+    cfg = resolve_config("tiny", ["train.steps=3", "train.lr=0", f"train.init_from={tiny_run / 'final'}"], None)
+    Trainer(cfg, tmp_path / "still", progress=False).run()
+    out = load_file(str(tmp_path / "still" / "final" / "model.safetensors"))
+    assert out.keys() == src.keys()
+    for k in src:
+        torch.testing.assert_close(out[k], src[k], rtol=0, atol=0, msg=k)
+    # with training: its first loss (same batch and noise: same seed and step) is the trained
+    # model's, below a fresh run's (the tiny fixture trained only 30 steps: about 0.9x)
+    first = {}
+    for name, extra in (("warm", [f"train.init_from={tiny_run / 'final'}"]), ("fresh", [])):
+        cfg = resolve_config("tiny", ["train.steps=1", "train.log_every=1", "train.seed=5", *extra], None)
+        Trainer(cfg, tmp_path / name, progress=False).run()
+        first[name] = json.loads((tmp_path / name / "log.jsonl").read_text().splitlines()[0])["v"]
+    assert first["warm"] < 0.95 * first["fresh"], first
+
+
+def test_init_from_refuses_another_preset_or_a_missing_folder(tiny_run, tmp_path, capsys):
+    assert main(["--preset", "small", "--init-from", str(tiny_run / "final"), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "differs" in err and "'tiny'" in err
+    assert main(["--preset", "tiny", "--init-from", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "does not exist" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_training_with_a_checkpoint_that_resumes(tmp_path, sig):
+    """`kill` (SIGTERM) and Ctrl-C end a run with a checkpoint, even where the shell that started
+    it in the background set SIGINT to ignored (as shells without job control do)."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "qk_train.train", "--preset", "tiny", "--steps", "100000", "--set", "train.log_every=1",
+           "--threads", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    deadline = time.monotonic() + 240
+    while not (out / "log.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: checkpoint saved" in err
+    saved = sorted((out / "checkpoints").iterdir())
+    assert len(saved) == 1 and int(saved[0].name.split("-")[1]) >= 1
+    trainer = Trainer(resolve_config("tiny", ["train.steps=100000", "train.log_every=1"], None), out, progress=False, max_steps=1)
+    trainer.run()
+    assert trainer.state.step == int(saved[0].name.split("-")[1]) + 1
