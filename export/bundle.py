@@ -106,6 +106,7 @@ def sampler_settings(model: QKModel) -> dict:
         "steps": pipe.steps,
         "text_guidance": pipe.text_guidance,
         "image_guidance": pipe.image_guidance,
+        "gen_guidance": pipe.gen_guidance,
         "gate_threshold": pipe.gate_threshold,
         "noise": "splitmix64-boxmuller-v1",
         "region_buckets": list(BUCKET_FRACTIONS),

@@ -8,12 +8,14 @@ An edit, step by step (the runtimes follow the same order):
 1. the image (uint8, H x W x 3, resized to the model's side if needed) goes to [-1, 1] and
    through the codec's encoder; the box becomes a region mask at latent resolution;
 2. the instruction and the empty string are encoded; the gateway makes kontext tokens for the
-   three guidance branches (text+image, image only, neither);
+   three guidance branches (text+image, image only, neither), or the first two only where
+   image guidance is 1 (the third's weight is then 0; a third less decoder work);
 3. the Cross-Modal Gate runs once, on the fully conditioned branch; its per-token gate,
    thresholded at `gate_threshold`, is the edit's active region m;
-4. the denoising loop: each step runs the decoder on the three branches (a batch of 3), gates
-   each with m (v = m v_pred + (1 - m) (x - source) / sigma), combines them
-   v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui), and takes an Euler step;
+4. the denoising loop: each step runs the decoder on the branches (one batch), gates each
+   with m (v = m v_pred + (1 - m) (x - source) / sigma), combines them
+   v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with
+   two branches), and takes an Euler step;
 5. the codec decodes; pixels outside m (at pixel resolution) are the source's own.
 
 `sparse="region"` runs the decoder on the active tokens plus a halo only, the token count
@@ -93,13 +95,15 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
 
 
 class Pipeline:
+    # defaults chosen on the validation split (benchmarks/sampler_sweep.py; README "Sampler settings")
     def __init__(self, model: QKModel, *, steps: int = 20, text_guidance: float = 3.0,
-                 image_guidance: float = 1.5, gate_threshold: float | None = 0.5):
+                 image_guidance: float = 1.0, gate_threshold: float | None = 0.3, gen_guidance: float = 5.0):
         self.model = model.eval()
         self.cfg = model.cfg
         self.steps = steps
         self.text_guidance = text_guidance
         self.image_guidance = image_guidance
+        self.gen_guidance = gen_guidance
         self.gate_threshold = gate_threshold
 
     # ------------------------------------------------------------------ helpers
@@ -136,7 +140,7 @@ class Pipeline:
         n = len(prompts)
         seeds = list(seeds) if seeds is not None else [0] * n
         steps = steps or self.steps
-        s_txt = self.text_guidance if guidance is None else guidance
+        s_txt = self.gen_guidance if guidance is None else guidance
         h = w = self.side // m.factor
         C = m.codec.channels
         text, mask = m.text_states(list(prompts) + [""] * n)  # (2n, L, Wt): conditioned, then unconditioned
@@ -201,12 +205,14 @@ class Pipeline:
         region = m.latent_mask(torch.from_numpy(np.stack([box_to_mask(b, side) for b in boxes]))[:, None])  # (n, 1, h, w)
         has_region = torch.tensor([0.0 if b is None else 1.0 for b in boxes])
 
-        # branches, each a block of n: text+image, image only, neither
-        text, mask = m.text_states(list(instructions) + [""] * (2 * n))  # (3n, L, Wt)
-        sources = torch.cat([src, src, torch.zeros_like(src)])
-        regions = torch.cat([region, region, torch.zeros_like(region)])
+        # branches, each a block of n: text+image, image only, neither; with image guidance 1 the
+        # last has weight 0 and is not run
+        nb = 2 if s_img == 1.0 else 3
+        text, mask = m.text_states(list(instructions) + [""] * ((nb - 1) * n))  # (nb n, L, Wt)
+        sources = torch.cat([src, src, torch.zeros_like(src)][:nb])
+        regions = torch.cat([region, region, torch.zeros_like(region)][:nb])
         ones = torch.ones(n)
-        flags = torch.cat([torch.stack([ones, has_region], 1), torch.stack([ones, has_region], 1), torch.zeros(n, 2)])
+        flags = torch.cat([torch.stack([ones, has_region], 1), torch.stack([ones, has_region], 1), torch.zeros(n, 2)][:nb])
         kontext = m.kontext(text, mask, sources, regions, flags)
 
         p = m.patch
@@ -218,18 +224,18 @@ class Pipeline:
             gate = torch.ones(n, gh * gw)
         m_tok = (gate > self.gate_threshold).float() if self.gate_threshold is not None else gate
         gate_map = m.gate_map(m_tok, h, w)  # (n, 1, h, w)
-        gate_maps = gate_map.repeat(3, 1, 1, 1)
+        gate_maps = gate_map.repeat(nb, 1, 1, 1)
 
         active = None
         if sparse == "region":
             idx = active_token_indices(m_tok[0].numpy() > 0.5, gh, gw)
-            active = torch.from_numpy(idx)[None].expand(3, -1)
+            active = torch.from_numpy(idx)[None].expand(nb, -1)
 
         x = torch.cat([self._noise(sd, h, w) for sd in seeds])  # (n, C, h, w)
         sched = self.scheduler(steps)
         for i, t in enumerate(sched.timesteps):
-            sigma = sched.sigmas[i].to(torch.float32).expand(3 * n)
-            xb = x.repeat(3, 1, 1, 1)
+            sigma = sched.sigmas[i].to(torch.float32).expand(nb * n)
+            xb = x.repeat(nb, 1, 1, 1)
             if active is None:
                 v = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags)
             else:
@@ -237,8 +243,11 @@ class Pipeline:
                 back = (xb - sources) / sigma.clamp_min(1e-3)[:, None, None, None]
                 v = _scatter_tokens(back, v_tok, active[0], p)
             v = QKModel.gated_velocity(v, xb, sources, sigma, gate_maps)
-            v_ti, v_ui, v_uu = v[:n], v[n:2 * n], v[2 * n:]
-            v = v_uu + s_img * (v_ui - v_uu) + s_txt * (v_ti - v_ui)
+            if nb == 2:
+                v = v[n:] + s_txt * (v[:n] - v[n:])
+            else:
+                v_ti, v_ui, v_uu = v[:n], v[n:2 * n], v[2 * n:]
+                v = v_uu + s_img * (v_ui - v_uu) + s_txt * (v_ti - v_ui)
             x = sched.step(v, t, x).prev_sample
         out = m.codec.decode(x)  # (n, 3, S, S)
         if m.cmg is not None:  # pixels outside the active region are the source's own

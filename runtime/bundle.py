@@ -53,6 +53,7 @@ class SamplerConfig:
     text_guidance: float
     image_guidance: float
     gate_threshold: float | None  # None: the soft gate is used as is
+    gen_guidance: float | None = None  # generation's guidance; None (bundles before it): text_guidance
     shift: float = 1.0
     region_buckets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     halo: int = 1
@@ -237,6 +238,7 @@ def _sampler(manifest: dict, where: str) -> SamplerConfig:
             text_guidance=float(s["text_guidance"]),
             image_guidance=float(s["image_guidance"]),
             gate_threshold=None if thr is None else float(thr),
+            gen_guidance=float(s["gen_guidance"]) if s.get("gen_guidance") is not None else None,
             shift=float(s.get("shift", 1.0)),
             region_buckets=tuple(float(b) for b in s.get("region_buckets", (0.25, 0.5, 0.75, 1.0))),
             halo=int(s.get("halo", 1)),

@@ -12,11 +12,13 @@ The sampler reproduces `qk_train.pipeline.Pipeline` step for step (see its modul
    becomes a pixel mask, max-pooled to latent resolution;
 2. the instruction and the empty string are encoded (the empty string once per session); the
    gateway makes kontext tokens for three guidance branches: text+image, image only (empty
-   text), neither (empty text, zero source and region, flags 0);
+   text), neither (empty text, zero source and region, flags 0); with image guidance 1 the
+   last branch has weight 0 and is not run (two branches: a third less decoder work);
 3. the CMG runs once on the first branch; its gate thresholded at `gate_threshold` is the
    active region m, repeated over each token's patch;
-4. each step runs the decoder (its velocity already gated with m) on the three branches,
-   combines v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) and takes an Euler step;
+4. each step runs the decoder (its velocity already gated with m) on the branches, combines
+   v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with
+   two branches) and takes an Euler step;
    `sparse="region"` runs the region decoder on the active tokens plus a halo only;
 5. the image decoder decodes; outside m (nearest-upsampled to pixels) the source's own pixels
    are kept; uint8 = round((clamp(x, -1, 1) + 1) * 127.5); resized back to the input's size.
@@ -63,6 +65,19 @@ def default_bundle_dir() -> Path:
             f"(from the repository root, after training), or pass --bundle DIR"
         )
     return path
+
+
+def edit_branches(image_guidance: float) -> int:
+    """Guidance branches an edit runs: 3 (text+image, image only, neither), or 2 where image
+    guidance is exactly 1 and the third one's weight is 0."""
+    return 2 if image_guidance == 1.0 else 3
+
+
+def guided_velocity(v: np.ndarray, s_txt: float, s_img: float) -> np.ndarray:
+    """Combine per-branch velocities (nb, C, h, w) of an edit into one (1, C, h, w)."""
+    if v.shape[0] == 2:
+        return v[1:2] + s_txt * (v[0:1] - v[1:2])
+    return v[2:3] + s_img * (v[1:2] - v[2:3]) + s_txt * (v[0:1] - v[1:2])
 
 
 @dataclass
@@ -328,10 +343,11 @@ class EditSession:
         region = max_pool(box_mask(box, S), self.bundle.dims.factor)[None, None]  # (1, 1, h, w)
         has_region = 1.0 if box is not None else 0.0
 
-        text, mask = self._text_batch(instruction, 2, timings)  # branches: text+image, image, neither
-        sources = np.concatenate([src, src, np.zeros_like(src)])
-        regions = np.concatenate([region, region, np.zeros_like(region)]).astype(np.float32)
-        flags = np.array([[1.0, has_region], [1.0, has_region], [0.0, 0.0]], np.float32)
+        nb = edit_branches(s_img)  # text+image, image only[, neither]
+        text, mask = self._text_batch(instruction, nb - 1, timings)
+        sources = np.concatenate([src, src, np.zeros_like(src)][:nb])
+        regions = np.concatenate([region, region, np.zeros_like(region)][:nb]).astype(np.float32)
+        flags = np.array([[1.0, has_region], [1.0, has_region], [0.0, 0.0]][:nb], np.float32)
         cond = {"text": text, "text_mask": mask}
         if self.bundle.has_gateway:
             t0 = time.perf_counter()
@@ -347,12 +363,12 @@ class EditSession:
         thr = cfg.gate_threshold
         m_tok = (gate > thr).astype(np.float32) if thr is not None else gate.astype(np.float32)
         gate_map = tokens_to_map(m_tok[None], g, g, p)  # (1, 1, h, w)
-        gate_maps = np.repeat(gate_map, 3, axis=0)
+        gate_maps = np.repeat(gate_map, nb, axis=0)
 
         graph, extra, active_tokens = "decoder", {}, None
         if sparse == "region":
             idx = active_token_indices(m_tok > 0.5, g, g, cfg.halo, cfg.region_buckets)
-            graph, extra, active_tokens = "decoder_region", {"active": np.repeat(idx[None], 3, axis=0)}, int(idx.size)
+            graph, extra, active_tokens = "decoder_region", {"active": np.repeat(idx[None], nb, axis=0)}, int(idx.size)
 
         x = portable_normal(seed, (1, C, h, h))
         sched = self._scheduler
@@ -361,9 +377,9 @@ class EditSession:
         fixed = {**cond, "source": sources, "region": regions, "gate_map": gate_maps, "flags": flags, **extra}
         for _ in range(steps):
             t0 = time.perf_counter()
-            sigma = np.full(3, sched.sigma, np.float32)
-            v = be.infer(graph, {"x": np.repeat(x, 3, axis=0), "sigma": sigma, **fixed})["velocity"]  # gated, (3, C, h, w)
-            v = v[2:3] + s_img * (v[1:2] - v[2:3]) + s_txt * (v[0:1] - v[1:2])
+            sigma = np.full(nb, sched.sigma, np.float32)
+            v = be.infer(graph, {"x": np.repeat(x, nb, axis=0), "sigma": sigma, **fixed})["velocity"]  # gated, (nb, C, h, w)
+            v = guided_velocity(v, s_txt, s_img)
             x = sched.step(v, x)
             per_step.append(_ms(t0))
         timings["decoder"] = float(sum(per_step))
@@ -390,7 +406,7 @@ class EditSession:
         cfg, be = self.bundle.sampler, self.backend
         prompt = check_text(prompt, "prompt")
         steps = self._steps(steps)
-        s = self._scale(guidance, cfg.text_guidance, "guidance")
+        s = self._scale(guidance, cfg.text_guidance if cfg.gen_guidance is None else cfg.gen_guidance, "guidance")
         seed = self._seed(seed)
         timings: dict = {"text_encoder": 0.0, "gateway": 0.0, "cmg": 0.0, "image_encoder": 0.0}
         C, h, p, g = self._shapes()

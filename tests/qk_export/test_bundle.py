@@ -43,8 +43,8 @@ def test_manifest_lists_every_graph_with_its_contract_and_profiles(bundles, tiny
 def test_sampler_settings_are_the_reference_pipelines(bundles):
     s = _manifest(bundles["fp32"])["sampler"]
     pipe = Pipeline.__init__.__kwdefaults__
-    assert (s["steps"], s["text_guidance"], s["image_guidance"], s["gate_threshold"]) == (
-        pipe["steps"], pipe["text_guidance"], pipe["image_guidance"], pipe["gate_threshold"])
+    keys = ("steps", "text_guidance", "image_guidance", "gate_threshold", "gen_guidance")
+    assert tuple(s[k] for k in keys) == tuple(pipe[k] for k in keys)
     assert s["scheduler"] == "FlowMatchEulerDiscreteScheduler" and s["shift"] == 1.0 and s["codec"] == "pixel"
     assert s["region_buckets"] == [0.25, 0.5, 0.75, 1.0] and s["halo"] == 1
 

@@ -1,6 +1,8 @@
 """Opening and validating bundles: a damaged or foreign bundle is refused with the fix."""
 import json
 
+import numpy as np
+
 import pytest
 
 from qk_runtime.bundle import open_bundle
@@ -118,3 +120,16 @@ def test_format_0_is_refused_with_the_fix(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m.update(format_version=0))
     with pytest.raises(BundleError, match="reads 1..2.*re-export"):
         open_bundle(bundle_copy, verify=False)
+
+
+def test_bundles_without_generation_guidance_generate_with_the_text_guidance(bundle_copy, fp32_bundle):
+    """Bundles written before `gen_guidance` existed keep generating as they did."""
+    from qk_runtime import EditSession
+
+    _edit_manifest(bundle_copy, lambda m: m["sampler"].pop("gen_guidance"))
+    old = open_bundle(bundle_copy, verify=False)
+    assert old.sampler.gen_guidance is None
+    with EditSession(bundle_copy, "ort-cpu", threads=1, verify=False) as legacy, EditSession(fp32_bundle, "ort-cpu", threads=1) as new:
+        a = legacy.generate("a blue square", seed=2, steps=4).image
+        b = new.generate("a blue square", seed=2, steps=4, guidance=old.sampler.text_guidance).image
+    np.testing.assert_array_equal(a, b)

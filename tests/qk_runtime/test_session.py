@@ -35,12 +35,42 @@ def ort_session(fp32_bundle):
 
 
 @pytest.mark.parametrize("box", [None, BOX])
-def test_edit_matches_torch_reference(ort_session, reference_pipeline, source_image, box):
-    ours = ort_session.edit(source_image, INSTRUCTION, box, seed=3, sparse="none")
-    ref = reference_pipeline.edit(source_image, INSTRUCTION, box, seed=3, sparse="none")
+@pytest.mark.parametrize("s_img", [None, 1.5])  # the default (1: two branches) and three branches
+def test_edit_matches_torch_reference(ort_session, reference_pipeline, source_image, box, s_img):
+    ours = ort_session.edit(source_image, INSTRUCTION, box, seed=3, sparse="none", image_guidance=s_img)
+    ref = reference_pipeline.edit(source_image, INSTRUCTION, box, seed=3, sparse="none", image_guidance=s_img)
     assert _max_diff(ours.image, ref.image) <= FP32_TOL
     np.testing.assert_allclose(ours.gate, ref.gate, atol=1e-4)
     assert ours.timings["total"] > 0 and len(ours.timings["decoder_steps"]) == 20
+
+
+def test_image_guidance_one_runs_two_branches_with_the_three_branch_result(ort_session, source_image, monkeypatch):
+    assert ort_session.bundle.sampler.image_guidance == 1.0  # the exported default
+    batches = []
+    infer = ort_session.backend.infer
+
+    def spy(graph, feeds):
+        if graph.startswith("decoder"):
+            batches.append(feeds["x"].shape[0])
+        return infer(graph, feeds)
+
+    monkeypatch.setattr(ort_session.backend, "infer", spy)
+    two = ort_session.edit(source_image, INSTRUCTION, BOX, seed=3, steps=8, sparse="none")
+    assert batches == [2] * 8
+    batches.clear()
+    three = ort_session.edit(source_image, INSTRUCTION, BOX, seed=3, steps=8, sparse="none", image_guidance=1.0 + 1e-7)
+    assert batches == [3] * 8
+    assert _max_diff(two.image, three.image) <= 1  # the third branch's weight is 0 (1e-7 here)
+
+
+def test_generation_uses_the_bundles_generation_guidance(ort_session):
+    cfg = ort_session.bundle.sampler
+    assert cfg.gen_guidance is not None and cfg.gen_guidance != cfg.text_guidance
+    default = ort_session.generate("a red circle at the top left", seed=11, steps=6).image
+    same = ort_session.generate("a red circle at the top left", seed=11, steps=6, guidance=cfg.gen_guidance).image
+    other = ort_session.generate("a red circle at the top left", seed=11, steps=6, guidance=cfg.text_guidance).image
+    np.testing.assert_array_equal(default, same)
+    assert _max_diff(default, other) > 0
 
 
 def test_non_square_edit_matches_torch_and_keeps_the_size(ort_session, reference_pipeline):
@@ -62,13 +92,14 @@ def test_region_mode_matches_torch_and_keeps_the_source_outside(region_bundle, r
     with EditSession(region_bundle, backend="ort-cpu", threads=1) as s:
         ours = s.edit(source_image, INSTRUCTION, BOX, seed=2, sparse="region")
         dense = s.edit(source_image, INSTRUCTION, BOX, seed=2, sparse="none")
+        thr = s.bundle.sampler.gate_threshold
     ref = reference_pipeline.edit(source_image, INSTRUCTION, BOX, seed=2, sparse="region")
     assert ours.active_tokens == ref.active_tokens
     assert _max_diff(ours.image, ref.image) <= FP32_TOL
     # outside the gate (thresholded, over each token's patch) the pixels are the source's own
     g = ours.gate.shape[0]
     patch = source_image.shape[0] // g
-    off = np.kron((ours.gate <= 0.5).astype(np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
+    off = np.kron((ours.gate <= thr).astype(np.uint8), np.ones((patch, patch), np.uint8)).astype(bool)
     assert off.any(), "the tiny model gated every token on: this test would check nothing"
     assert np.array_equal(ours.image[off], source_image[off])
     assert np.array_equal(dense.image[off], source_image[off])

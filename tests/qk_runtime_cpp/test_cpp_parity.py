@@ -81,6 +81,21 @@ def test_soft_gate_parity(cpp_build, fp32_bundle, shapeworld_edits, tmp_path):
     _check(rows, min_changed=6 * 32 * 32 // 2)
 
 
+def test_three_branch_parity(cpp_build, fp32_bundle, region_bundle, shapeworld_edits, tmp_path):
+    """Image guidance other than 1: all three guidance branches run (the bundles' default, 1,
+    runs two), dense and region."""
+    import shutil
+
+    for name, bundle, sparse in (("dense", fp32_bundle, "none"), ("region", region_bundle, "region")):
+        three = Path(shutil.copytree(bundle, tmp_path / name))
+        manifest = json.loads((three / "manifest.json").read_text())
+        assert manifest["sampler"]["image_guidance"] == 1.0
+        manifest["sampler"]["image_guidance"] = 1.5
+        (three / "manifest.json").write_text(json.dumps(manifest))
+        (tmp_path / name / "out").mkdir()
+        _check(_run_both(cpp_build, three, shapeworld_edits[:6], tmp_path / name / "out", sparse))
+
+
 def test_resized_input_and_steps(cpp_build, fp32_bundle, tmp_path):
     """A non-square input (resized in, box scaled, resized out) and a non-default step count."""
     from qk_runtime import EditSession

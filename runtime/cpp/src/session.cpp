@@ -5,19 +5,22 @@
 //    max-pooled to latent resolution;
 // 2. the instruction and the empty string are encoded (the empty string once per session, each
 //    at batch 1); the gateway makes kontext tokens for three guidance branches: text+image,
-//    image only (empty text), neither (empty text, zero source and region, flags 0);
+//    image only (empty text), neither (empty text, zero source and region, flags 0); with image
+//    guidance exactly 1 the last has weight 0 and is not run (two branches);
 // 3. the CMG runs once on the first branch; its gate thresholded at gate_threshold is the active
 //    region m, repeated over each token's patch;
-// 4. each step runs the decoder (its velocity already gated with m) on the three branches,
-//    combines v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) in float32 and takes an
-//    Euler step; sparse "region" runs the region decoder on the active tokens plus a halo;
+// 4. each step runs the decoder (its velocity already gated with m) on the branches, combines
+//    v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with two
+//    branches) in float32 and takes an Euler step; sparse "region" runs the region decoder on
+//    the active tokens plus a halo;
 // 5. the image decoder decodes; outside m (nearest-upsampled to pixels) the source's pixels
 //    are kept; uint8 = round_half_even((clamp(x, -1, 1) + 1) * 127.5); resized back.
 // The initial noise is noise.cpp's portable_normal(seed, (1, C, h, w)), as in every runtime.
 //
 // Every tensor the graphs read or write is allocated when the session opens, and each graph is
-// bound to its tensors once (the region decoder once per bucket size): an edit fills buffers
-// and runs prepared calls, and the denoising loop allocates nothing.
+// bound to its tensors once (the region decoder once per bucket size; the two-branch set on
+// first use): an edit fills buffers and runs prepared calls, and the denoising loop allocates
+// nothing.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -123,8 +126,6 @@ struct Session::Impl {
     Tensor ids, amask, hidden;
     // image encoder / decoder (batch 1)
     Tensor image, latent, dec_latent, dec_image;
-    // gateway and decoders (batch 3: text+image, image only, neither)
-    Tensor text, text_mask, source, region, flags, kontext, x, sigma, gate_map, velocity;
     // CMG (batch 1)
     Tensor c_kontext, c_source, c_region, gate;
     // region decoder: one `active` tensor and bound call per bucket size
@@ -132,7 +133,15 @@ struct Session::Impl {
         std::unique_ptr<Tensor> active;
         std::unique_ptr<PreparedCall> call;
     };
-    std::map<int, RegionCall> region_calls;
+    // gateway and decoders at batch nb: text+image, image only[, neither]; 3 branches, or 2
+    // where image guidance is 1
+    struct Branches {
+        int nb = 3;
+        Tensor text, text_mask, source, region, flags, kontext, x, sigma, gate_map, velocity;
+        std::unique_ptr<PreparedCall> gateway, decoder;
+        std::map<int, RegionCall> region_calls;
+    };
+    std::unique_ptr<Branches> branch_sets[2];  // [0]: 2 branches, [1]: 3
     // text encoder on fewer than L tokens (bundle format 2: dynamic token axis): one set of
     // tensors and bound call per token count, made on first use
     struct TextCall {
@@ -141,7 +150,7 @@ struct Session::Impl {
     };
     std::map<int, TextCall> text_calls;
     bool text_dynamic = false;
-    std::unique_ptr<PreparedCall> c_text, c_image_encoder, c_image_decoder, c_gateway, c_cmg, c_decoder;
+    std::unique_ptr<PreparedCall> c_text, c_image_encoder, c_image_decoder, c_cmg;
 
     bool have_empty = false;
     std::vector<float> empty_hidden, empty_mask;
@@ -163,16 +172,6 @@ struct Session::Impl {
         latent = Tensor("latent", DType::F32, V{1, C, h, h});
         dec_latent = Tensor("latent", DType::F32, V{1, C, h, h});
         dec_image = Tensor("image", DType::F32, V{1, 3, S, S});
-        text = Tensor("text", DType::F32, V{3, L, Wt});
-        text_mask = Tensor("text_mask", DType::F32, V{3, L});
-        source = Tensor("source", DType::F32, V{3, C, h, h});
-        region = Tensor("region", DType::F32, V{3, 1, h, h});
-        flags = Tensor("flags", DType::F32, V{3, 2});
-        kontext = Tensor("kontext", DType::F32, V{3, K, D});
-        x = Tensor("x", DType::F32, V{3, C, h, h});
-        sigma = Tensor("sigma", DType::F32, V{3});
-        gate_map = Tensor("gate_map", DType::F32, V{3, 1, h, h});
-        velocity = Tensor("velocity", DType::F32, V{3, C, h, h});
         c_kontext = Tensor("kontext", DType::F32, V{1, K, D});
         c_source = Tensor("source", DType::F32, V{1, C, h, h});
         c_region = Tensor("region", DType::F32, V{1, 1, h, h});
@@ -189,18 +188,43 @@ struct Session::Impl {
         text_dynamic = !bundle.graph("text_encoder").inputs[0].shape[1].axis.empty();
         c_image_encoder = bind("image_encoder", {&image}, {&latent});
         c_image_decoder = bind("image_decoder", {&dec_latent}, {&dec_image});
-        if (bundle.has_gateway()) c_gateway = bind("gateway", {&text, &text_mask, &source, &region, &flags}, {&kontext});
         if (bundle.has_cmg()) c_cmg = bind("cmg", {&c_kontext, &c_source, &c_region}, {&gate});
-        if (!bundle.has_region()) c_decoder = bind_decoder();
-        else backend->load(bundle.graph("decoder_region"));
+        branches(bundle.sampler.image_guidance == 1.0 ? 2 : 3);  // the default edit's set
+        if (bundle.has_region()) backend->load(bundle.graph("decoder_region"));
         open_ms = ms_since(t0);
     }
 
     static Tokenizer load_tokenizer(const Bundle& b) { return Tokenizer::from_file(b.tokenizer_path, b.dims.max_length); }
 
-    std::vector<Tensor*> step_inputs() {
-        std::vector<Tensor*> in{&x, &sigma, &text, &text_mask, &source, &region, &gate_map, &flags};
-        if (bundle.has_gateway()) in.push_back(&kontext);
+    // the tensors and bound calls of nb branches, made on first use
+    Branches& branches(int nb) {
+        std::unique_ptr<Branches>& slot = branch_sets[nb == 2 ? 0 : 1];
+        if (!slot) {
+            using V = std::vector<std::int64_t>;
+            const std::int64_t b = nb;
+            auto B = std::make_unique<Branches>();
+            B->nb = nb;
+            B->text = Tensor("text", DType::F32, V{b, L, Wt});
+            B->text_mask = Tensor("text_mask", DType::F32, V{b, L});
+            B->source = Tensor("source", DType::F32, V{b, C, h, h});
+            B->region = Tensor("region", DType::F32, V{b, 1, h, h});
+            B->flags = Tensor("flags", DType::F32, V{b, 2});
+            B->kontext = Tensor("kontext", DType::F32, V{b, K, D});
+            B->x = Tensor("x", DType::F32, V{b, C, h, h});
+            B->sigma = Tensor("sigma", DType::F32, V{b});
+            B->gate_map = Tensor("gate_map", DType::F32, V{b, 1, h, h});
+            B->velocity = Tensor("velocity", DType::F32, V{b, C, h, h});
+            if (bundle.has_gateway())
+                B->gateway = bind("gateway", {&B->text, &B->text_mask, &B->source, &B->region, &B->flags}, {&B->kontext});
+            if (!bundle.has_region()) B->decoder = bind_decoder(*B);
+            slot = std::move(B);
+        }
+        return *slot;
+    }
+
+    std::vector<Tensor*> step_inputs(Branches& B) {
+        std::vector<Tensor*> in{&B.x, &B.sigma, &B.text, &B.text_mask, &B.source, &B.region, &B.gate_map, &B.flags};
+        if (bundle.has_gateway()) in.push_back(&B.kontext);
         return in;
     }
 
@@ -215,20 +239,21 @@ struct Session::Impl {
         return backend->prepare(info, in, out);
     }
 
-    std::unique_ptr<PreparedCall> bind_decoder() { return bind("decoder", step_inputs(), {&velocity}); }
+    std::unique_ptr<PreparedCall> bind_decoder(Branches& B) { return bind("decoder", step_inputs(B), {&B.velocity}); }
 
-    PreparedCall& region_call(const std::vector<std::int64_t>& idx) {
+    PreparedCall& region_call(Branches& B, const std::vector<std::int64_t>& idx) {
         int m = static_cast<int>(idx.size());
-        auto it = region_calls.find(m);
-        if (it == region_calls.end()) {
+        auto it = B.region_calls.find(m);
+        if (it == B.region_calls.end()) {
             RegionCall rc;
-            rc.active = std::make_unique<Tensor>("active", DType::I64, std::vector<std::int64_t>{3, m});
-            auto in = step_inputs();
+            rc.active = std::make_unique<Tensor>("active", DType::I64, std::vector<std::int64_t>{B.nb, m});
+            auto in = step_inputs(B);
             in.push_back(rc.active.get());
-            rc.call = bind("decoder_region", in, {&velocity});
-            it = region_calls.emplace(m, std::move(rc)).first;
+            rc.call = bind("decoder_region", in, {&B.velocity});
+            it = B.region_calls.emplace(m, std::move(rc)).first;
         }
-        for (int b = 0; b < 3; ++b) std::copy(idx.begin(), idx.end(), it->second.active->i.begin() + static_cast<std::ptrdiff_t>(b) * m);
+        for (int b = 0; b < B.nb; ++b)
+            std::copy(idx.begin(), idx.end(), it->second.active->i.begin() + static_cast<std::ptrdiff_t>(b) * m);
         return *it->second.call;
     }
 
@@ -336,7 +361,11 @@ struct Session::Impl {
                 }
         const float has_region = box ? 1.0f : 0.0f;
 
-        // -- 2. text (instruction; the empty string once per session) and the three branches
+        // -- 2. text (instruction; the empty string once per session) and the branches
+        Branches& B = branches(s_img_d == 1.0 ? 2 : 3);
+        const int nb = B.nb;
+        Tensor &text = B.text, &text_mask = B.text_mask, &source = B.source, &region = B.region, &flags = B.flags,
+               &kontext = B.kontext, &x = B.x, &sigma = B.sigma, &gate_map = B.gate_map, &velocity = B.velocity;
         const std::size_t tl = static_cast<std::size_t>(L) * Wt;
         encode_text(instruction, text.f.data(), text_mask.f.data(), timings, &result.warnings);
         if (!have_empty) {
@@ -345,21 +374,21 @@ struct Session::Impl {
             encode_text("", empty_hidden.data(), empty_mask.data(), timings, nullptr);
             have_empty = true;
         }
-        for (int b = 1; b < 3; ++b) {
+        for (int b = 1; b < nb; ++b) {
             std::copy(empty_hidden.begin(), empty_hidden.end(), text.f.begin() + static_cast<std::ptrdiff_t>(b * tl));
             std::copy(empty_mask.begin(), empty_mask.end(), text_mask.f.begin() + static_cast<std::ptrdiff_t>(b) * L);
         }
         std::copy(latent.f.begin(), latent.f.end(), source.f.begin());
         std::copy(latent.f.begin(), latent.f.end(), source.f.begin() + static_cast<std::ptrdiff_t>(lat));
-        std::fill(source.f.begin() + static_cast<std::ptrdiff_t>(2 * lat), source.f.end(), 0.0f);
+        std::fill(source.f.begin() + static_cast<std::ptrdiff_t>(2 * lat), source.f.end(), 0.0f);  // nothing with 2
         std::copy(reg.begin(), reg.end(), region.f.begin());
         std::copy(reg.begin(), reg.end(), region.f.begin() + static_cast<std::ptrdiff_t>(hh));
         std::fill(region.f.begin() + static_cast<std::ptrdiff_t>(2 * hh), region.f.end(), 0.0f);
         const float fl[6] = {1.0f, has_region, 1.0f, has_region, 0.0f, 0.0f};
-        std::copy(fl, fl + 6, flags.f.begin());
-        if (c_gateway) {
+        std::copy(fl, fl + 2 * nb, flags.f.begin());
+        if (B.gateway) {
             t0 = Clock::now();
-            c_gateway->run();
+            B.gateway->run();
             timings["gateway"] = ms_since(t0);
         }
 
@@ -378,7 +407,7 @@ struct Session::Impl {
             float gv = gate_soft[static_cast<std::size_t>(k)];
             m_tok[static_cast<std::size_t>(k)] = cfg.gate_threshold ? (gv > static_cast<float>(*cfg.gate_threshold) ? 1.0f : 0.0f) : gv;
         }
-        for (int b = 0; b < 3; ++b)
+        for (int b = 0; b < nb; ++b)
             for (int y = 0; y < h; ++y)
                 for (int xx = 0; xx < h; ++xx)
                     gate_map.f[static_cast<std::size_t>(b) * hh + static_cast<std::size_t>(y) * h + xx] =
@@ -389,11 +418,11 @@ struct Session::Impl {
             std::vector<bool> on(static_cast<std::size_t>(N));
             for (int k = 0; k < N; ++k) on[static_cast<std::size_t>(k)] = m_tok[static_cast<std::size_t>(k)] > 0.5f;
             auto idx = active_token_indices(on, g, cfg.halo, cfg.region_buckets);
-            call = &region_call(idx);
+            call = &region_call(B, idx);
             result.active_tokens = static_cast<int>(idx.size());
         } else {
-            if (!c_decoder) c_decoder = bind_decoder();
-            call = c_decoder.get();
+            if (!B.decoder) B.decoder = bind_decoder(B);
+            call = B.decoder.get();
         }
 
         // -- 4. the denoising loop (no allocation inside: fixed buffers, a bound call)
@@ -402,16 +431,20 @@ struct Session::Impl {
         result.decoder_steps.assign(static_cast<std::size_t>(steps), 0.0);
         const float* v_ti = velocity.f.data();
         const float* v_ui = v_ti + lat;
-        const float* v_uu = v_ti + 2 * lat;
+        const float* v_uu = nb == 3 ? v_ti + 2 * lat : nullptr;
         for (int i = 0; i < steps; ++i) {
             t0 = Clock::now();
-            for (int b = 0; b < 3; ++b) std::copy(x1.begin(), x1.end(), x.f.begin() + static_cast<std::ptrdiff_t>(b * lat));
+            for (int b = 0; b < nb; ++b) std::copy(x1.begin(), x1.end(), x.f.begin() + static_cast<std::ptrdiff_t>(b * lat));
             const float sg = sched.sigma(i);
-            sigma.f[0] = sigma.f[1] = sigma.f[2] = sg;
+            std::fill(sigma.f.begin(), sigma.f.end(), sg);
             call->run();
-            for (std::size_t k = 0; k < lat; ++k) {
-                float a = v_uu[k] + s_img * (v_ui[k] - v_uu[k]);
-                v1[k] = a + s_txt * (v_ti[k] - v_ui[k]);
+            if (v_uu) {
+                for (std::size_t k = 0; k < lat; ++k) {
+                    float a = v_uu[k] + s_img * (v_ui[k] - v_uu[k]);
+                    v1[k] = a + s_txt * (v_ti[k] - v_ui[k]);
+                }
+            } else {
+                for (std::size_t k = 0; k < lat; ++k) v1[k] = v_ui[k] + s_txt * (v_ti[k] - v_ui[k]);
             }
             sched.step(i, v1.data(), x1.data(), lat);
             result.decoder_steps[static_cast<std::size_t>(i)] = ms_since(t0);

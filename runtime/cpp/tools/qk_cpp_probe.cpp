@@ -190,17 +190,18 @@ int run(int argc, char** argv) {
         qk::Bundle b = qk::open_bundle(arg(2), false);
         auto be = qk::make_backend(b, so);
         const qk::GraphInfo& g = b.graph("decoder");
+        const std::int64_t nb = b.sampler.image_guidance == 1.0 ? 2 : 3;  // the edit's guidance branches
         std::vector<qk::Tensor> ts;
         ts.reserve(g.inputs.size() + 1);
         std::vector<qk::Tensor*> in, out;
         for (const auto& spec : g.inputs) {
             std::vector<std::int64_t> shape;
-            for (const auto& d : spec.shape) shape.push_back(d.axis.empty() ? d.value : 3);
+            for (const auto& d : spec.shape) shape.push_back(d.axis.empty() ? d.value : nb);
             ts.emplace_back(spec.name, spec.dtype, shape);
             in.push_back(&ts.back());
         }
         std::vector<std::int64_t> vshape;
-        for (const auto& d : g.outputs[0].shape) vshape.push_back(d.axis.empty() ? d.value : 3);
+        for (const auto& d : g.outputs[0].shape) vshape.push_back(d.axis.empty() ? d.value : nb);
         ts.emplace_back(g.outputs[0].name, qk::DType::F32, vshape);
         out.push_back(&ts.back());
         auto call = be->prepare(g, in, out);
