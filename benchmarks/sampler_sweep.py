@@ -37,11 +37,11 @@ def floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r}: give numbers separated by commas, e.g. 1.5,3,5") from None
 
 
-def edit_row(session: EditSession, samples, s_txt: float, s_img: float, seed: int) -> dict:
+def edit_row(session: EditSession, samples, s_txt: float, s_img: float, seed: int, box: bool = True) -> dict:
     ok = {k: [] for k in EDIT_KINDS}
     drift = []
     for i, sample in enumerate(samples):
-        out = session.edit(sample.source, sample.instruction, box=sample.box, text_guidance=s_txt,
+        out = session.edit(sample.source, sample.instruction, box=sample.box if box else None, text_guidance=s_txt,
                            image_guidance=s_img, seed=seed + i).image
         score = score_edit(out, sample)
         ok[sample.kind].append(bool(score["success"]))
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=floats, default=None, help="gate thresholds (default: the bundle's)")
     parser.add_argument("--gen", type=floats, default=floats("2,3,5,8"), help="generation guidance values")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-box", action="store_true", help="edits without their region box")
     parser.add_argument("--machine", default="cpu-2core")
     parser.add_argument("--out", default=None, help="output stem (default benchmarks/results/<machine>/sampler_sweep)")
     args = parser.parse_args(argv)
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     edits = []
     for thr, s_txt, s_img in itertools.product(thresholds, args.text, args.image):
         session.bundle = dataclasses.replace(session.bundle, sampler=dataclasses.replace(base, gate_threshold=thr))
-        row = {"gate_threshold": thr, "text_guidance": s_txt, "image_guidance": s_img,
-               **edit_row(session, samples, s_txt, s_img, args.seed)}
+        row = {"gate_threshold": thr, "text_guidance": s_txt, "image_guidance": s_img, "box": not args.no_box,
+               **edit_row(session, samples, s_txt, s_img, args.seed, box=not args.no_box)}
         edits.append(row)
         print(json.dumps(row), flush=True)
     session.bundle = dataclasses.replace(session.bundle, sampler=base)
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     best = max(edits, key=lambda r: (r["overall"], -r["drift"]))
     best_gen = max(gens, key=lambda r: r["gen_accuracy"] or 0.0) if gens else None
     result = {
-        "bundle": str(args.bundle), "backend": session.backend_name, "split": "val", "n_edits": args.n,
+        "bundle": str(args.bundle), "backend": session.backend_name, "split": "val", "n_edits": args.n, "box": not args.no_box,
         "n_generations": args.gen_n, "steps": base.steps, "machine": args.machine, "platform": platform.platform(),
         "bundle_defaults": {"text_guidance": base.text_guidance, "image_guidance": base.image_guidance,
                             "gate_threshold": base.gate_threshold},
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = Path(args.out) if args.out else REPO / "benchmarks" / "results" / args.machine / "sampler_sweep"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# Sampler sweep: {args.bundle} ({session.backend_name}), val split, {args.n} edits with box, "
+    lines = [f"# Sampler sweep: {args.bundle} ({session.backend_name}), val split, {args.n} edits "
+             f"{'without' if args.no_box else 'with'} box, "
              f"{args.gen_n} generations, {base.steps} steps", "",
              "| gate thr | text g | image g | overall | " + " | ".join(EDIT_KINDS) + " | drift |",
              "|---|---|---|---|" + "---|" * len(EDIT_KINDS) + "---|"]

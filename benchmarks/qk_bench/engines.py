@@ -69,11 +69,13 @@ class TorchEngine:
         torch.set_num_threads(threads)
         self.model = QKModel.from_checkpoint(checkpoint)
         if compile:
-            self.model.decoder = torch.compile(self.model.decoder)  # compiled on the first call (batch 3)
+            self.model.decoder = torch.compile(self.model.decoder)  # compiled on the first call (the edit's batch)
         self.compiled = compile
         self.pipe = Pipeline(self.model, steps=steps)
         self.steps = steps
         self.side = self.pipe.side
+        # the decoder batch of an edit step: its guidance branches (2 where image guidance is 1)
+        self.edit_batch = 2 if self.pipe.image_guidance == 1.0 else 3
         self.sparse = "none"
         self._sink: dict | None = None
         self._starts: dict = {}
@@ -190,6 +192,7 @@ class RuntimeEngine:
         self.sparse = sparse
         self.side = self.session.side
         self.open_ms = self.session.open_ms
+        self.edit_batch = 2 if self.session.bundle.sampler.image_guidance == 1.0 else 3
 
     def edit(self, job: EditJob, seed: int) -> Outcome:
         r = self.session.edit(job.image, job.instruction, box=job.box, steps=self.steps, seed=seed, sparse=self.sparse)
@@ -271,6 +274,7 @@ class PeerEngine:
         self.sampler = self.manifest["sampler"]
         self.steps = steps
         self.sparse = "none"
+        self.edit_batch = 3  # a straightforward loop runs all three guidance branches (as diffusers' pipelines do)
         core = ov.Core()
         config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
         t0 = time.perf_counter()
@@ -361,7 +365,7 @@ class PeerEngine:
         kontext = self._run("gateway", {"text": hidden, "text_mask": mask, "source": zeros, "region": region, "flags": flags}, timings)
         fixed = {"text": hidden, "text_mask": mask, "kontext": kontext, "source": zeros, "region": region,
                  "gate_map": np.ones((2, 1, h, h), np.float32), "flags": flags}
-        s = float(self.sampler["text_guidance"])
+        s = float(self.sampler["text_guidance"] if self.sampler.get("gen_guidance") is None else self.sampler["gen_guidance"])
         x = self._loop(portable_normal(seed, (1, C, h, h)), fixed, 2, lambda v: v[1:2] + s * (v[0:1] - v[1:2]), timings)
         out = self._run("image_decoder", {"latent": x}, timings)
         timings["total"] = _ms(t_total)

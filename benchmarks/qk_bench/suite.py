@@ -212,7 +212,7 @@ def _measure(opts: Options, model: Path, machine: dict, configs: list[BenchConfi
     shapes = {"large": [opts.peak_size] * 3}
     if shape:
         tokens = (shape["latent_size"] // shape["patch"]) ** 2
-        shapes["decoder"] = [3 * tokens, shape["width"], int(shape["width"] * shape["mlp_ratio"])]
+        shapes["decoder"] = [edit_batch(folders) * tokens, shape["width"], int(shape["width"] * shape["mlp_ratio"])]
     peak_spec = {"kind": "peak", "shapes": shapes, "threads": opts.threads, "repeats": 4 if opts.quick else 10}
     peak_start = run_worker(peak_spec, run_dir, "peak-start", opts.timeout_s)
 
@@ -233,7 +233,7 @@ def _measure(opts: Options, model: Path, machine: dict, configs: list[BenchConfi
     entries = paired_entries(configs, results, folders)
     if entries:
         _say(opts, f"qk-bench: {len(entries)} decoder graphs side by side")
-        paired = run_worker({"kind": "paired", "entries": entries, "threads": opts.threads, "batch": 3,
+        paired = run_worker({"kind": "paired", "entries": entries, "threads": opts.threads, "batch": edit_batch(folders),
                              "rounds": 10 if opts.quick else 30}, run_dir, "paired", opts.timeout_s)
     peak_end = run_worker(peak_spec, run_dir, "peak-end", opts.timeout_s)
     peak = combine_peaks(peak_start, peak_end)
@@ -260,8 +260,10 @@ def _measure(opts: Options, model: Path, machine: dict, configs: list[BenchConfi
 
 
 def paired_entries(configs: list[BenchConfig], results: list[dict], folders: dict) -> list[dict]:
-    """FP32 and INT8, dense (batch 3 and 2) and region (batch 3, at the 25 % edit's active tokens), per runtime backend."""
+    """FP32 and INT8, dense (the edit's batch and 2) and region (the edit's batch, at the 25 % edit's
+    active tokens), per runtime backend."""
     active = {}
+    batch = {r["config"]["name"]: r["edit_batch"] for r in results if "edit_batch" in r and "config" in r}
     for r in results:
         c = r.get("config", {})
         for row in r.get("fractions") or []:
@@ -274,14 +276,26 @@ def paired_entries(configs: list[BenchConfig], results: list[dict], folders: dic
         folder = folders.get(c.bundle_variant)
         if folder is None:
             continue
-        if c.sparse == "dense":  # the guidance batches of an edit (3) and a generation (2)
-            entries.append({"label": c.name, "bundle": str(folder), "backend": c.backend, "graph": "decoder", "active": None})
+        eb = batch.get(c.name, 3)
+        if c.sparse == "dense":  # the guidance batches of an edit (3, or 2 where image guidance is 1) and a generation (2)
+            entries.append({"label": c.name, "bundle": str(folder), "backend": c.backend, "graph": "decoder", "active": None,
+                            "batch": eb})
             entries.append({"label": f"{c.name}@b2", "bundle": str(folder), "backend": c.backend, "graph": "decoder",
                             "active": None, "batch": 2})
         elif (c.backend, c.precision) in active:
             entries.append({"label": c.name, "bundle": str(folder), "backend": c.backend, "graph": "decoder_region",
-                            "active": active[(c.backend, c.precision)]})
+                            "active": active[(c.backend, c.precision)], "batch": eb})
     return entries
+
+
+def edit_batch(folders: dict) -> int:
+    """The decoder batch of one edit step with the bundles' sampler defaults: 2 where image
+    guidance is 1 (the third guidance branch has weight 0 and is not run), else 3."""
+    for folder in folders.values():
+        manifest = Path(folder) / "manifest.json"
+        if manifest.is_file():
+            return 2 if json.loads(manifest.read_text())["sampler"]["image_guidance"] == 1.0 else 3
+    return 3
 
 
 def combine_peaks(start: dict, end: dict) -> dict:

@@ -148,18 +148,20 @@ def run_config(spec: dict) -> dict:
                                 "stages_ms": _stage_stats(gens),
                                 "decoder_step_ms": summarize([s for g in gens for s in g.timings["decoder_steps"]])}
 
-    # the decoder alone: batch 1 and the guidance batches (3 for edits, 2 for generation)
+    # the decoder alone: batch 1 and the guidance batches (an edit's: 2 or 3; a generation's: 2)
+    eb = engine.edit_batch
+    result["edit_batch"] = eb
     micro = {}
     for b in (1, 2, 3):
-        if c.compile and b != 3:
-            continue  # compiled for batch 3 only
+        if c.compile and b != eb:
+            continue  # compiled for the edit's batch only
         micro[f"dense_b{b}"] = _micro(engine.decoder_call(b), micro_repeats)
     if c.sparse == "region":
         for row in rows:
             m = row["active_tokens"]
-            if m and f"region{m}_b3" not in micro:
+            if m and f"region{m}_b{eb}" not in micro:
                 micro[f"region{m}_b1"] = _micro(engine.decoder_call(1, m), micro_repeats)
-                micro[f"region{m}_b3"] = _micro(engine.decoder_call(3, m), micro_repeats)
+                micro[f"region{m}_b{eb}"] = _micro(engine.decoder_call(eb, m), micro_repeats)
     result["decoder_micro"] = micro
     result["peak_rss_mb"] = _peak_rss_mb()
     result["load_average_end"] = list(os.getloadavg())
@@ -171,8 +173,8 @@ def run_config(spec: dict) -> dict:
 
         row = next((r for r in rows if abs(r["fraction"] - 0.25) < 1e-9), rows[0])
         active = row["active_tokens"] if c.sparse == "region" else None
-        graph, feeds = engine.graph_feeds(3, active)
-        result["op_profile"] = {"graph": graph, "batch": 3, "active": active,
+        graph, feeds = engine.graph_feeds(eb, active)
+        result["op_profile"] = {"graph": graph, "batch": eb, "active": active,
                                 **ort_op_profile(engine.session.bundle.graphs[graph].path, feeds, int(spec["threads"]))}
     if c.engine == "torch" and not c.compile:  # the analytic FLOP count is checked against these
         quarter = max(1, engine.tokens // 4)
