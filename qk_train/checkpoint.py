@@ -101,7 +101,7 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     for idx, per_param in state["state"].items():
         for key, value in per_param.items():
             if torch.is_tensor(value):
-                tensors[f"opt.{idx}.{key}"] = value.contiguous()
+                tensors[f"opt.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 meta["scalars"][f"{idx}.{key}"] = value
     return tensors, meta
@@ -133,11 +133,11 @@ def save_checkpoint(
     build = new_build_dir(final)
     try:
         (build / CONFIG_FILE).write_text(config_yaml)
-        save_file({k: v.detach().contiguous() for k, v in weights.items()}, str(build / MODEL_FILE))
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(build / MODEL_FILE))
         (build / TOKENIZER_FILE).write_text(tokenizer_json)
         (build / PRETRAINED_FILE).write_text(json.dumps(pretrained, indent=2))
         if train_tensors is not None:
-            save_file({k: v.detach().contiguous() for k, v in train_tensors.items()}, str(build / STATE_FILE))
+            save_file({k: v.detach().cpu().contiguous() for k, v in train_tensors.items()}, str(build / STATE_FILE))
             (build / STATE_META).write_text(json.dumps(train_meta or {}, indent=2))
         _fsync_dir(build)
         replace_dir(build, final)

@@ -234,14 +234,16 @@ def _make_optimizer(cfg: ModelConfig, params: dict[str, torch.nn.Parameter], lr:
 
 
 class Trainer:
-    def __init__(self, cfg: ModelConfig, out: Path, *, progress: bool = True, max_steps: int | None = None):
+    def __init__(self, cfg: ModelConfig, out: Path, *, progress: bool = True, max_steps: int | None = None,
+                 device: str | torch.device | None = None):
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
         self.max_steps = max_steps  # stop after this many steps in this call (for tests and chunks)
         self.rank, self.world = _dist_info()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = QKModel(cfg)
+        self.device = resolve_device(device)
+        self.model = QKModel(cfg).to(self.device)
         self.state = RunState(STAGE_AE if self._ae_steps() else STAGE_MAIN, 0)
         self.ema: EMA | None = None
         self.opt: torch.optim.Optimizer | None = None
@@ -286,7 +288,7 @@ class Trainer:
         self._setup_stage()
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         if self.ema is not None and ema:
-            self.ema.shadow = {k: v.clone() for k, v in ema.items()}
+            self.ema.shadow = {k: v.to(self.device).clone() for k, v in ema.items()}
         if meta.get("optimizer"):
             ckpt.load_optimizer(self.opt, tensors, meta["optimizer"])
 
@@ -332,14 +334,15 @@ class Trainer:
         self.ema = EMA(params, self.cfg.train.ema_decay) if stage == STAGE_MAIN else None
         module = LossModule(self.model, stage)
         if self.world > 1:
-            module = torch.nn.parallel.DistributedDataParallel(module)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         self.module = module
         self.params = params
 
     def _finish_codec(self) -> None:
         """Freeze the codec and measure its latent statistics on training images."""
         codec = self.model.codec
-        batch = make_batch(self.cfg, STAGE_AE, 10**6, 0, 1, size=256)
+        batch = make_batch(self.cfg, STAGE_AE, 10**6, 0, 1, size=256).to(self.device)
         with torch.no_grad():
             raw = codec.encode_raw(batch.target)
         codec.set_statistics(raw)
@@ -401,7 +404,7 @@ class Trainer:
                 step = self.state.step
                 for group in self.opt.param_groups:
                     group["lr"] = lr_at(step, base_lr, total, warmup)
-                batch = make_batch(cfg, stage, step, self.rank, self.world)
+                batch = make_batch(cfg, stage, step, self.rank, self.world).to(self.device)
                 gen = torch.Generator().manual_seed(step_seed(cfg, stage, step, self.rank))
                 loss, logs = self.module(batch, gen)
                 self.opt.zero_grad(set_to_none=True)
@@ -453,6 +456,23 @@ def resolve_config(preset: str, overrides: list[str], steps: int | None) -> Mode
     return from_dict(values, where=f"preset {preset!r} with overrides")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`auto`/None: this rank's GPU (LOCAL_RANK under torchrun) where CUDA is available, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    name = device or "auto"
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
+                              "use --device cpu, or install a CUDA build of torch on a GPU machine")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name != "cpu":
+        raise ConfigError(f"--device {name!r}: use auto, cpu or cuda")
+    return torch.device("cpu")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -489,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value, e.g. --set train.lr=1e-4")
     parser.add_argument("--max-steps", type=int, default=None, help="stop (with a checkpoint) after this many steps in this call")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to train: auto (default) = this rank's GPU if CUDA is available, else the CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--init-from", metavar="CKPT", default=None,
                         help="start a new run from the weights of checkpoint CKPT (e.g. engines/default/checkpoint): "
@@ -512,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.init_from:
             args.set = [*args.set, f"train.init_from={args.init_from}"]
         cfg = resolve_config(args.preset, args.set, args.steps)
+        device = resolve_device(args.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         if cfg.train.init_from:
             check_init_source(cfg, Path(cfg.train.init_from))
         out = Path(args.out)
@@ -534,9 +559,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _stop_on_signals()
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        Trainer(cfg, out, progress=not args.no_progress, max_steps=args.max_steps).run()
+        Trainer(cfg, out, progress=not args.no_progress, max_steps=args.max_steps, device=device).run()
     except KeyboardInterrupt:
         return 130
     finally:

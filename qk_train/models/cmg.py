@@ -35,7 +35,7 @@ class CrossModalGate(nn.Module):
         _, _, h, w = source.shape
         p = self.patch
         x = self.source_embed(patchify(torch.cat([source, region], 1), p))  # (B, N, D)
-        x = x + sincos_2d(h // p, w // p, self.width).to(x.dtype)[None]
+        x = x + sincos_2d(h // p, w // p, self.width).to(device=x.device, dtype=x.dtype)[None]
         for block in self.blocks:
             x = block(x, context, context_bias)
         return self.head(self.norm(x)).squeeze(-1)  # (B, N) gate logits

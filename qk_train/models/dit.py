@@ -119,7 +119,7 @@ class DiT(nn.Module):
         B, C, h, w = x.shape
         p, D = self.cfg.patch, self.cfg.width
         gh, gw = h // p, w // p
-        pos = sincos_2d(gh, gw, D).to(x.dtype)  # (N, D)
+        pos = sincos_2d(gh, gw, D).to(device=x.device, dtype=x.dtype)  # (N, D)
         if self.cfg.source_mode == "channel":
             tokens = self.x_embed(patchify(torch.cat([x, source, region, gate_map], 1), p)) + pos[None]  # (B, N, D)
         else:
@@ -140,7 +140,7 @@ class DiT(nn.Module):
         cond_bias = (1.0 - mask) * -1e4
         if kontext is not None:
             cond = torch.cat([cond, kontext], 1)  # (B, L + K, D)
-            cond_bias = torch.cat([cond_bias, torch.zeros(B, kontext.shape[1], dtype=x.dtype)], 1)
+            cond_bias = torch.cat([cond_bias, torch.zeros(B, kontext.shape[1], dtype=x.dtype, device=x.device)], 1)
 
         window = self.cfg.attn_window if active is None and self.cfg.source_mode == "channel" else 0
         for block in self.blocks:

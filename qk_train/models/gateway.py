@@ -37,9 +37,9 @@ class QueryGateway(nn.Module):
         B, _, h, w = source.shape
         p = self.patch
         src = self.source_embed(patchify(torch.cat([source, region], 1), p))  # (B, N, D)
-        src = src + sincos_2d(h // p, w // p, self.width).to(src.dtype)[None]
+        src = src + sincos_2d(h // p, w // p, self.width).to(device=src.device, dtype=src.dtype)[None]
         context = torch.cat([self.text_proj(text), src], 1)  # (B, L + N, D)
-        src_bias = (1.0 - flags[:, :1]) * -1e4 * torch.ones(B, src.shape[1], dtype=src.dtype)  # drop absent sources
+        src_bias = (1.0 - flags[:, :1]) * -1e4 * torch.ones(B, src.shape[1], dtype=src.dtype, device=src.device)  # drop absent sources
         bias = torch.cat([key_bias_from_mask(text_mask), src_bias], 1)  # (B, L + N)
         q = self.queries[None].expand(B, -1, -1) + self.flag_embed(flags)[:, None]  # (B, K, D)
         for block in self.blocks:

@@ -139,8 +139,9 @@ class TextEmbedder:
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encs = self.tokenizer.encode_batch(list(texts))
-        ids = torch.tensor([e.ids for e in encs], dtype=torch.int64)
-        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.int64)
+        device = next(self.encoder.parameters()).device  # the model's (CPU or GPU)
+        ids = torch.tensor([e.ids for e in encs], dtype=torch.int64, device=device)
+        mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.int64, device=device)
         return ids, mask  # (B, L) each
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +160,7 @@ class TextEmbedder:
             used = int(mask.sum(1).max())  # run only up to the longest: padding is masked anyway
             with torch.no_grad():
                 hidden = self.encoder(ids[:, :used], mask[:, :used])
-            full = torch.zeros(len(missing), ids.shape[1], hidden.shape[-1])
+            full = torch.zeros(len(missing), ids.shape[1], hidden.shape[-1], device=hidden.device)
             full[:, :used] = hidden
             for i, text in enumerate(missing):
                 found[text] = self.cache[text] = (full[i], mask[i].to(torch.float32))

@@ -42,6 +42,10 @@ class Batch:
     is_edit: torch.Tensor  # (B,) 1 for editing samples
     texts: list[str]  # captions (generation) or instructions (editing)
 
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.target.to(device), self.source.to(device), self.change.to(device), self.region.to(device),
+                     self.is_edit.to(device), self.texts)
+
 
 class QKModel(nn.Module):
     def __init__(self, cfg: ModelConfig, tokenizer: Tokenizer | None = None):
@@ -134,6 +138,7 @@ class QKModel(nn.Module):
         """Rectified-flow velocity loss on generation and editing samples plus the gate's BCE."""
         t = self.cfg.train
         B = batch.target.shape[0]
+        dev = batch.target.device  # random draws come from the CPU generator `gen` (reproducible anywhere), then move
         with torch.no_grad():
             x0 = self.codec.encode(batch.target)  # (B, C, h, w)
             src = self.codec.encode(batch.source) * batch.is_edit[:, None, None, None]
@@ -143,7 +148,7 @@ class QKModel(nn.Module):
         token_mask = map_to_tokens(change, self.patch)  # (B, N)
 
         # condition dropout for classifier-free guidance on text and image
-        u = torch.rand(B, generator=gen)
+        u = torch.rand(B, generator=gen).to(dev)
         drop_both = u < t.drop_both
         drop_text = drop_both | ((u >= t.drop_both) & (u < t.drop_both + t.drop_text))
         lo = t.drop_both + t.drop_text
@@ -162,20 +167,20 @@ class QKModel(nn.Module):
         kontext = self.kontext(text, text_mask, src, region, flags)
         is_edit = batch.is_edit
         gate_in = torch.ones_like(token_mask)
-        gate_loss = torch.zeros(())
+        gate_loss = torch.zeros((), device=dev)
         if self.cmg is not None:
             logits = self.gate_logits(kontext, text, text_mask, src, region)  # (B, N)
             bce = F.binary_cross_entropy_with_logits(logits, token_mask, reduction="none").mean(1)
             gate_w = keep_img
             gate_loss = (bce * gate_w).sum() / gate_w.sum().clamp_min(1.0)
-            use_true = (torch.rand(B, generator=gen) < t.true_gate_prob).float()[:, None]
+            use_true = (torch.rand(B, generator=gen) < t.true_gate_prob).float()[:, None].to(dev)
             predicted = torch.sigmoid(logits).detach()
             gate_in = use_true * token_mask + (1 - use_true) * predicted
             gate_in = is_edit[:, None] * gate_in + (1 - is_edit[:, None])  # m = 1 for text-to-image
         gate_map = self.gate_map(gate_in, h, w)
 
-        noise = torch.randn(x0.shape, generator=gen)
-        sigma = torch.sigmoid(torch.randn(B, generator=gen))  # logit-normal timesteps
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        sigma = torch.sigmoid(torch.randn(B, generator=gen)).to(dev)  # logit-normal timesteps
         s = sigma[:, None, None, None]
         x_t = s * noise + (1 - s) * x0
         v_pred = self.decoder(x_t, sigma, text, text_mask, kontext, src, region, gate_map, flags)

@@ -217,3 +217,25 @@ def test_a_signal_stops_training_with_a_checkpoint_that_resumes(tmp_path, sig):
     trainer = Trainer(resolve_config("tiny", ["train.steps=100000", "train.log_every=1"], None), out, progress=False, max_steps=1)
     trainer.run()
     assert trainer.state.step == int(saved[0].name.split("-")[1]) + 1
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    assert main(["--preset", "tiny", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "--device cpu" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here); the CPU path is every other test")
+def test_trains_on_the_gpu_and_the_checkpoint_loads_on_the_cpu(tmp_path):
+    cfg = resolve_config("tiny", ["train.steps=4", "train.checkpoint_every=2"], None)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False, device="cuda")
+    assert next(trainer.model.parameters()).is_cuda
+    trainer.run()
+    model = QKModel.from_checkpoint(tmp_path / "run" / "final")
+    sample = make_edit("test", 3, 32)
+    out = Pipeline(model, steps=2).edit(sample.source, sample.instruction, sample.box, seed=1).image
+    assert out.shape == (32, 32, 3)
+    Trainer(cfg, tmp_path / "run", progress=False, device="cuda").run()  # resumes from the GPU checkpoint
