@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from qk_runtime.noise import portable_normal
+from qk_runtime.sampler import edit_branches
 
 from .models.unified import QKModel
 
@@ -207,7 +208,7 @@ class Pipeline:
 
         # branches, each a block of n: text+image, image only, neither; with image guidance 1 the
         # last has weight 0 and is not run
-        nb = 2 if s_img == 1.0 else 3
+        nb = edit_branches(s_img)
         text, mask = m.text_states(list(instructions) + [""] * ((nb - 1) * n))  # (nb n, L, Wt)
         sources = torch.cat([src, src, torch.zeros_like(src)][:nb])
         regions = torch.cat([region, region, torch.zeros_like(region)][:nb])

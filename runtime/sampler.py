@@ -61,3 +61,9 @@ class FlowMatchEulerScheduler:
         prev = sample.astype(np.float32, copy=False) + dt * model_output.astype(np.float32, copy=False)
         self.step_index += 1
         return prev
+
+
+def edit_branches(image_guidance: float) -> int:
+    """Guidance branches an edit runs: 3 (text+image, image only, neither), or 2 where image
+    guidance is exactly 1 and the third one's weight is 0 (every runtime and the torch pipeline)."""
+    return 2 if image_guidance == 1.0 else 3

@@ -46,7 +46,7 @@ from .bundle import Bundle, open_bundle
 from .errors import BundleError, InputError
 from .inputs import check_box, check_text, load_image, resize_rgb, scale_box
 from .noise import portable_normal
-from .sampler import FlowMatchEulerScheduler
+from .sampler import FlowMatchEulerScheduler, edit_branches
 
 log = logging.getLogger("qk_runtime")
 
@@ -65,12 +65,6 @@ def default_bundle_dir() -> Path:
             f"(from the repository root, after training), or pass --bundle DIR"
         )
     return path
-
-
-def edit_branches(image_guidance: float) -> int:
-    """Guidance branches an edit runs: 3 (text+image, image only, neither), or 2 where image
-    guidance is exactly 1 and the third one's weight is 0."""
-    return 2 if image_guidance == 1.0 else 3
 
 
 def guided_velocity(v: np.ndarray, s_txt: float, s_img: float) -> np.ndarray:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qk_runtime.sampler import edit_branches
+
 from .workload import EditJob, graph_feeds, manifest_tensors
 
 STAGES = ("text_encoder", "image_encoder", "gateway", "cmg", "decoder", "image_decoder")
@@ -75,7 +77,7 @@ class TorchEngine:
         self.steps = steps
         self.side = self.pipe.side
         # the decoder batch of an edit step: its guidance branches (2 where image guidance is 1)
-        self.edit_batch = 2 if self.pipe.image_guidance == 1.0 else 3
+        self.edit_batch = edit_branches(self.pipe.image_guidance)
         self.sparse = "none"
         self._sink: dict | None = None
         self._starts: dict = {}
@@ -192,7 +194,7 @@ class RuntimeEngine:
         self.sparse = sparse
         self.side = self.session.side
         self.open_ms = self.session.open_ms
-        self.edit_batch = 2 if self.session.bundle.sampler.image_guidance == 1.0 else 3
+        self.edit_batch = edit_branches(self.session.bundle.sampler.image_guidance)
 
     def edit(self, job: EditJob, seed: int) -> Outcome:
         r = self.session.edit(job.image, job.instruction, box=job.box, steps=self.steps, seed=seed, sparse=self.sparse)

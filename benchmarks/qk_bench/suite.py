@@ -294,7 +294,9 @@ def edit_batch(folders: dict) -> int:
     for folder in folders.values():
         manifest = Path(folder) / "manifest.json"
         if manifest.is_file():
-            return 2 if json.loads(manifest.read_text())["sampler"]["image_guidance"] == 1.0 else 3
+            from qk_runtime.sampler import edit_branches
+
+            return edit_branches(json.loads(manifest.read_text())["sampler"]["image_guidance"])
     return 3
 
 
