@@ -26,4 +26,8 @@ private:
     std::vector<float> sigmas_;
 };
 
+// Guidance branches an edit runs: 3 (text+image, image only, neither), or 2 where image guidance
+// is exactly 1 and the third one's weight is 0 (qk_runtime.sampler.edit_branches).
+inline int edit_branches(double image_guidance) { return image_guidance == 1.0 ? 2 : 3; }
+
 }  // namespace qk

@@ -189,7 +189,7 @@ struct Session::Impl {
         c_image_encoder = bind("image_encoder", {&image}, {&latent});
         c_image_decoder = bind("image_decoder", {&dec_latent}, {&dec_image});
         if (bundle.has_cmg()) c_cmg = bind("cmg", {&c_kontext, &c_source, &c_region}, {&gate});
-        branches(bundle.sampler.image_guidance == 1.0 ? 2 : 3);  // the default edit's set
+        branches(edit_branches(bundle.sampler.image_guidance));  // the default edit's set
         if (bundle.has_region()) backend->load(bundle.graph("decoder_region"));
         open_ms = ms_since(t0);
     }
@@ -362,7 +362,7 @@ struct Session::Impl {
         const float has_region = box ? 1.0f : 0.0f;
 
         // -- 2. text (instruction; the empty string once per session) and the branches
-        Branches& B = branches(s_img_d == 1.0 ? 2 : 3);
+        Branches& B = branches(edit_branches(s_img_d));
         const int nb = B.nb;
         Tensor &text = B.text, &text_mask = B.text_mask, &source = B.source, &region = B.region, &flags = B.flags,
                &kontext = B.kontext, &x = B.x, &sigma = B.sigma, &gate_map = B.gate_map, &velocity = B.velocity;

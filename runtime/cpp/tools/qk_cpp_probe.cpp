@@ -190,7 +190,7 @@ int run(int argc, char** argv) {
         qk::Bundle b = qk::open_bundle(arg(2), false);
         auto be = qk::make_backend(b, so);
         const qk::GraphInfo& g = b.graph("decoder");
-        const std::int64_t nb = b.sampler.image_guidance == 1.0 ? 2 : 3;  // the edit's guidance branches
+        const std::int64_t nb = qk::edit_branches(b.sampler.image_guidance);  // the edit's guidance branches
         std::vector<qk::Tensor> ts;
         ts.reserve(g.inputs.size() + 1);
         std::vector<qk::Tensor*> in, out;
