@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from qk_runtime.contract import FORMAT_VERSION, MANIFEST, TOKENIZER
+from qk_runtime.contract import FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER
 from qk_train import checkpoint as ckpt
 from qk_train.config import ConfigError
 from qk_train.models.unified import QKModel
@@ -158,17 +158,24 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
                   opset: int = 20, calib_samples: int = 64, window: int | None = None, command: str | None = None,
-                  progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None) -> Path:
+                  progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None,
+                  format_version: int = FORMAT_VERSION) -> Path:
     """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
 
     `text_encoder_from`: a bundle beside `out` whose text encoder file this bundle uses instead
     of its own (the manifest points at it by relative path and records its sha256 and precision),
-    so that bundles of one model shipped together store the encoder once."""
+    so that bundles of one model shipped together store the encoder once.
+
+    `format_version`: an older bundle format (1 or 2: no decoder_cond, the steps take the text),
+    for checking that runtimes still read what earlier versions wrote; the CLI always writes the
+    current one."""
     checkpoint, out = Path(checkpoint), Path(out)
     check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window)
     model = load_model(checkpoint, sparse_attn, window)
     shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
-    specs = model_specs(model, region=sparse_attn == "region")
+    if not MIN_FORMAT_VERSION <= format_version <= FORMAT_VERSION:
+        raise ExportError(f"format_version={format_version}; this export writes {MIN_FORMAT_VERSION}..{FORMAT_VERSION}")
+    specs = model_specs(model, region=sparse_attn == "region", format_version=format_version)
     log = (lambda msg: print(f"qk-export: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     torch.manual_seed(0)
 
@@ -200,9 +207,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
         (build / TOKENIZER).write_text(model.tokenizer.to_str())
         manifest = {
             "format": "qk-bundle",
-            "format_version": FORMAT_VERSION,
+            "format_version": format_version,
             "model_config": model.cfg.to_dict(),
-            "dims": model_dims(model).to_dict(),
+            "dims": {k: v for k, v in model_dims(model).to_dict().items() if format_version >= 3 or k != "depth"},
             "precision": "int8" if int8 else "fp32",
             "sparse_attn": sparse_attn,
             "window": model.cfg.decoder.attn_window or None,

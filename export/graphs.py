@@ -2,14 +2,15 @@
 random inputs of the right dtypes and ranges for export and parity checks.
 
 Each wrapper's `forward(*inputs)` takes the graph's inputs in the contract's order and returns
-its one output, so `torch.onnx.export` names them exactly as the contract does.
+its outputs in the contract's order (one tensor, or a tuple for decoder_cond), so
+`torch.onnx.export` names them exactly as the contract does.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from qk_runtime.contract import Dims, GraphSpec, graph_specs
+from qk_runtime.contract import FORMAT_VERSION, Dims, GraphSpec, graph_specs
 from qk_train.models.layers import patchify, unpatchify
 from qk_train.models.unified import SIGMA_MIN, QKModel
 
@@ -25,11 +26,13 @@ def model_dims(model: QKModel) -> Dims:
         text_width=model.text_encoder.width,
         kontext_tokens=cfg.gateway.num_queries if model.gateway is not None else 0,
         width=cfg.decoder.width,
+        depth=cfg.decoder.depth,
     )
 
 
-def model_specs(model: QKModel, region: bool) -> dict[str, GraphSpec]:
-    return graph_specs(model_dims(model), gateway=model.gateway is not None, gate=model.cmg is not None, region=region)
+def model_specs(model: QKModel, region: bool, format_version: int = FORMAT_VERSION) -> dict[str, GraphSpec]:
+    return graph_specs(model_dims(model), gateway=model.gateway is not None, gate=model.cmg is not None, region=region,
+                       format_version=format_version)
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -96,6 +99,27 @@ class CMGGraph(_Graph):
         return torch.sigmoid(self.cmg(kontext, None, source, region))  # (B, N) in [0, 1]
 
 
+class DecoderCondGraph(_Graph):
+    """The decoder's per-edit conditioning (`DiT.condition`): three outputs, run once per edit."""
+
+    def __init__(self, model: QKModel, spec: GraphSpec):
+        super().__init__(spec)
+        self.decoder = model.decoder
+
+    def forward(self, *inputs):
+        a = self.named(inputs)
+        return self.decoder.condition(a["text"], a["text_mask"], a.get("kontext"), a["flags"])
+
+
+def _conditioning(a: dict) -> dict:
+    """The DiT's conditioning arguments: decoder_cond's outputs where the step takes them (format
+    3), else the text, kontext and flags it conditions itself on (formats 1 and 2)."""
+    if "cond_kv" in a:
+        return {"text": None, "text_mask": None, "kontext": None, "flags": None,
+                "cond": (a["cond_kv"], a["cond_bias"], a["cond_emb"])}
+    return {"text": a["text"], "text_mask": a["text_mask"], "kontext": a.get("kontext"), "flags": a["flags"]}
+
+
 class DecoderGraph(_Graph):
     """One denoising step: the DiT's velocity gated by the CMG's map (`QKModel.gated_velocity`)."""
 
@@ -105,8 +129,8 @@ class DecoderGraph(_Graph):
 
     def forward(self, *inputs):
         a = self.named(inputs)
-        v = self.decoder(a["x"], a["sigma"], a["text"], a["text_mask"], a.get("kontext"), a["source"], a["region"],
-                         a["gate_map"], a["flags"])  # (B, C, h, w)
+        v = self.decoder(a["x"], a["sigma"], source=a["source"], region=a["region"], gate_map=a["gate_map"],
+                         **_conditioning(a))  # (B, C, h, w)
         return QKModel.gated_velocity(v, a["x"], a["source"], a["sigma"], a["gate_map"])
 
 
@@ -124,8 +148,8 @@ class DecoderRegionGraph(_Graph):
         a = self.named(inputs)
         x, sigma, source, gate_map, active = a["x"], a["sigma"], a["source"], a["gate_map"], a["active"]
         B, C, h, w = x.shape
-        v_active = self.decoder(x, sigma, a["text"], a["text_mask"], a.get("kontext"), source, a["region"], gate_map,
-                                a["flags"], active=active)  # (B, M, C*p*p)
+        v_active = self.decoder(x, sigma, source=source, region=a["region"], gate_map=gate_map, active=active,
+                                **_conditioning(a))  # (B, M, C*p*p)
         back = (x - source) / sigma.clamp_min(SIGMA_MIN)[:, None, None, None]  # (B, C, h, w)
         tokens = patchify(back, self.patch)  # (B, N, C*p*p)
         index = active[:, :, None].expand(-1, -1, tokens.shape[-1])  # (B, M, C*p*p)
@@ -140,6 +164,7 @@ WRAPPERS: dict[str, type[_Graph]] = {
     "image_decoder": ImageDecoderGraph,
     "gateway": GatewayGraph,
     "cmg": CMGGraph,
+    "decoder_cond": DecoderCondGraph,
     "decoder": DecoderGraph,
     "decoder_region": DecoderRegionGraph,
 }
@@ -162,6 +187,19 @@ def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: 
     """
     ranges = dict(spec.axis_ranges)
     b = batch or ranges["batch"][2]
+    if any(t.name == "cond_kv" for t in spec.inputs):
+        # a step of format 3: its conditioning is what decoder_cond makes of random text and kontext
+        dims = model_dims(model)
+        specs = graph_specs(dims, gateway=model.gateway is not None, gate=model.cmg is not None)
+        cond_spec = specs["decoder_cond"]
+        with torch.no_grad():
+            made = dict(zip((t.name for t in cond_spec.outputs),
+                            wrap(model, cond_spec)(*sample_inputs(cond_spec, model, gen, batch=b))))
+        other = GraphSpec(spec.name, spec.file, tuple(t for t in spec.inputs if t.name not in made), spec.outputs,
+                          spec.axis_ranges)
+        rest = dict(zip((t.name for t in other.inputs),
+                        sample_inputs(other, model, gen, batch=b, active=active, text_tokens=text_tokens)))
+        return tuple(made[t.name] if t.name in made else rest[t.name] for t in spec.inputs)
     m_active = active or ranges.get("active", (1, 1, 1))[1]
     n_text = text_tokens or ranges.get("text_tokens", (1, 1, 1))[2]
     n_tokens = model_dims(model).tokens

@@ -53,11 +53,16 @@ def errors(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def run_both(module: torch.nn.Module, spec: GraphSpec, session: ort.InferenceSession,
              feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The graph's output from ONNX Runtime and from torch; a graph with several outputs
+    (decoder_cond) gives them flattened and concatenated in the contract's order."""
     args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
     with torch.no_grad():
-        ref = module(*args).numpy()
-    (out,) = session.run(None, feed)
-    return out, ref
+        refs = module(*args)
+    refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+    outs = session.run([t.name for t in spec.outputs], feed)
+    if len(outs) == 1:
+        return outs[0], refs[0]
+    return np.concatenate([o.ravel() for o in outs]), np.concatenate([r.ravel() for r in refs])
 
 
 def random_feed(spec: GraphSpec, model: QKModel, seed: int, text_tokens: int | None = None) -> dict[str, np.ndarray]:

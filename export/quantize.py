@@ -10,9 +10,10 @@ held-out inputs that the INT8 parity in the manifest is measured on.
 
 What is quantized: MatMul and Gemm (weights and inputs) of the decoder, gateway and CMG. Kept in
 float, by node-name pattern (names are the torch module paths): the timestep embedding and the
-adaLN modulation with the conditioning vector that feeds it (`t_embed`, `ada`, `pool_proj`,
-`flag_embed`), the input projections (`x_embed`, `source_embed`) and the output projections
-(`final`, the CMG's `head`). The attention MatMuls of two activations (scores = q k^T, weights
+adaLN modulation (`t_embed`, `ada`), the input projections (`x_embed`, `source_embed`) and the
+output projections (`final`, the CMG's `head`). The decoder's per-edit conditioning graph
+(`decoder_cond`: every block's cross-attention keys and values of the text and kontext, the
+pooled-text and flags embedding) stays float as a whole: it runs once per edit, not per step. The attention MatMuls of two activations (scores = q k^T, weights
 x v) stay float too: in INT8 they cost accuracy (the softmax output uses half of the symmetric
 range) and TensorRT then loses its fused attention kernel. Softmax and LayerNorm are never
 quantized (only MatMul / Gemm are).
@@ -34,7 +35,7 @@ import numpy as np
 import onnx
 import torch
 
-from qk_runtime.contract import GraphSpec
+from qk_runtime.contract import STEP_CONDITION, GraphSpec
 from qk_train.data.shapeworld import make_edit, make_generation
 from qk_train.models.unified import QKModel
 from qk_train.pipeline import Pipeline, active_token_indices
@@ -49,7 +50,7 @@ OP_TYPES = ("MatMul", "Gemm")  # static Q/DQ of the other graphs
 
 # node-name fragments kept in float, per graph
 SENSITIVE = {
-    "decoder": ("/t_embed/", "/ada/", "/pool_proj/", "/flag_embed/", "/x_embed/", "/source_embed/", "/final/"),
+    "decoder": ("/t_embed/", "/ada/", "/x_embed/", "/source_embed/", "/final/"),
     "gateway": ("/source_embed/", "/flag_embed/"),
     "cmg": ("/source_embed/", "/head/"),
 }
@@ -144,6 +145,17 @@ def record_trajectories(model: QKModel, split: str, samples: int, first_index: i
     rec.description = (f"{split}-split ShapeWorld trajectories ({trajectories} x {steps} steps, "
                        f"{len(rec.feeds['decoder'])} decoder steps recorded)")
     return rec
+
+
+def with_step_condition(model: QKModel, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A recorded decoder call (text, text_mask, kontext, flags) as a format-3 step takes it: the
+    edit's conditioning made by decoder_cond (`DiT.condition`) in place of those four."""
+    with torch.no_grad():
+        cond = model.decoder.condition(torch.from_numpy(feed["text"]), torch.from_numpy(feed["text_mask"]),
+                                       torch.from_numpy(feed["kontext"]) if "kontext" in feed else None,
+                                       torch.from_numpy(feed["flags"]))
+    rest = {k: v for k, v in feed.items() if k not in ("text", "text_mask", "kontext", "flags")}
+    return {**rest, **dict(zip(STEP_CONDITION, map(_np, cond)))}
 
 
 def region_active(model: QKModel, gate_map: np.ndarray) -> np.ndarray:
@@ -374,6 +386,10 @@ def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, ca
     log = log or (lambda msg: None)
     calib = record_trajectories(model, "train", calib_samples)
     held = record_trajectories(model, "val", HELDOUT_TRAJECTORIES * STEPS_PER_TRAJECTORY)
+    if "decoder_cond" in specs:  # format 3: the steps take decoder_cond's outputs
+        for rec in (calib, held):
+            for graph in ("decoder", "decoder_region"):
+                rec.feeds[graph] = [with_step_condition(model, f) for f in rec.feeds.get(graph, [])]
     log(f"calibration: {calib.description}")
     report, excluded = {}, {}
     for name in QUANTIZED_GRAPHS:

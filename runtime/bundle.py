@@ -89,6 +89,11 @@ class Bundle:
         return "decoder_region" in self.graphs
 
     @property
+    def has_decoder_cond(self) -> bool:
+        """Format 3: the decoder's per-edit conditioning is computed once by `decoder_cond`."""
+        return "decoder_cond" in self.graphs
+
+    @property
     def sha(self) -> str:
         """One hash for the whole bundle: sha256 of its canonical files map."""
         return files_digest(self.files)
@@ -169,12 +174,16 @@ def _check_files(folder: Path, files: dict, verify: bool) -> None:
 def _dims(manifest: dict, where: str) -> Dims:
     raw = manifest["dims"]
     names = set(Dims.__dataclass_fields__)
+    if manifest["format_version"] < 3:  # the decoder depth entered the dims with decoder_cond
+        names.discard("depth")
     if not isinstance(raw, dict) or set(raw) != names:
         have = sorted(raw) if isinstance(raw, dict) else raw
         raise BundleError(f"{where}: 'dims' must have exactly {sorted(names)}, has {have}; {EXPORT_HINT}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw.values()):
         raise BundleError(f"{where}: 'dims' values must be non-negative integers, got {raw}")
     d = Dims(**raw)
+    if manifest["format_version"] >= 3 and d.depth < 1:
+        raise BundleError(f"{where}: dims.depth must be the decoder's block count (>= 1), got {d.depth}; {EXPORT_HINT}")
     if d.image_size % d.factor or d.latent_size % d.patch or d.factor < 1 or d.patch < 1:
         raise BundleError(f"{where}: inconsistent dims {raw}: image_size / factor / patch must divide evenly")
     return d
@@ -197,6 +206,9 @@ def _graphs(folder: Path, manifest: dict, dims: Dims, files: dict, where: str) -
         raise BundleError(f"{where}: graphs {missing} are missing; {EXPORT_HINT}")
     expected = graph_specs(dims, gateway="gateway" in raw, gate="cmg" in raw, region="decoder_region" in raw,
                            format_version=version)
+    missing = [g for g in expected if g not in raw]  # decoder_cond, from format 3 on
+    if missing:
+        raise BundleError(f"{where}: graphs {missing} are missing (format_version {version}); {EXPORT_HINT}")
     unknown = sorted(set(raw) - set(expected))
     if unknown:
         hint = " (a CMG needs a gateway in this contract)" if "cmg" in unknown else ""

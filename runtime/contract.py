@@ -11,8 +11,14 @@ from dataclasses import dataclass
 
 # 2: the text encoder's token axis is dynamic ("text_tokens"), so runtimes may run it on the
 # longest prompt of a batch instead of all `max_length` tokens. Runtimes still read 1 (fixed).
-FORMAT_VERSION = 2
+# 3: the decoder's per-edit conditioning is its own graph, `decoder_cond` (text, text mask,
+# kontext, flags -> every block's cross-attention keys and values, their padding bias, the
+# pooled-text + flags embedding), run once per edit; the decoder steps take its outputs instead
+# of text / text_mask / kontext / flags. Runtimes still read 1 and 2.
+FORMAT_VERSION = 3
 MIN_FORMAT_VERSION = 1
+# the decoder_cond outputs every step of an edit reads (format 3)
+STEP_CONDITION = ("cond_kv", "cond_bias", "cond_emb")
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 
@@ -32,6 +38,7 @@ class Dims:
     text_width: int  # Wt
     kontext_tokens: int  # K (0 without a gateway)
     width: int  # D: decoder width
+    depth: int = 0  # decoder blocks (format 3's cond_kv holds 2D per block; 0 in older manifests)
 
     @property
     def latent_size(self) -> int:
@@ -44,6 +51,16 @@ class Dims:
     @property
     def tokens(self) -> int:
         return self.grid * self.grid
+
+    @property
+    def cond_tokens(self) -> int:
+        """Conditioning tokens every decoder block attends to: the text's, then the kontext's."""
+        return self.max_length + self.kontext_tokens
+
+    @property
+    def cond_width(self) -> int:
+        """Last axis of cond_kv: keys and values (2D) of each of the `depth` blocks."""
+        return 2 * self.width * self.depth
 
     @property
     def token_dim(self) -> int:
@@ -109,7 +126,8 @@ def _f(name: str, *shape) -> TensorSpec:
 def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: bool = False,
                 format_version: int = FORMAT_VERSION) -> dict[str, GraphSpec]:
     """The graphs of a bundle. `region` adds the sparse decoder that runs on active tokens only.
-    `format_version` 1 describes older bundles, whose text encoder takes exactly `max_length` tokens."""
+    `format_version` 1 describes older bundles, whose text encoder takes exactly `max_length`
+    tokens; 1 and 2 have no decoder_cond graph (their decoder steps take the text themselves)."""
     B = "batch"
     S, C, h = d.image_size, d.latent_channels, d.latent_size
     batch = (B, (1, MAX_BATCH, MAX_BATCH))
@@ -143,11 +161,21 @@ def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: boo
             "cmg", "cmg.onnx", (_f("kontext", B, d.kontext_tokens, d.width),) + image_inputs,
             (_f("gate", B, d.tokens),), ((B, (1, 1, MAX_BATCH)),),
         )
-    step_inputs = (
-        (_f("x", B, C, h, h), _f("sigma", B)) + cond
-        + ((_f("kontext", B, d.kontext_tokens, d.width),) if gateway else ())
-        + image_inputs + (_f("gate_map", B, 1, h, h), _f("flags", B, 2))
-    )
+    kontext = (_f("kontext", B, d.kontext_tokens, d.width),) if gateway else ()
+    if format_version >= 3:
+        if d.depth < 1:
+            raise ValueError(f"format {format_version} needs the decoder depth in dims, got {d.depth}")
+        n_cond = d.cond_tokens if gateway else d.max_length
+        step_condition = (_f("cond_kv", B, n_cond, d.cond_width), _f("cond_bias", B, n_cond), _f("cond_emb", B, d.width))
+        specs["decoder_cond"] = GraphSpec(
+            "decoder_cond", "decoder_cond.onnx", cond + kontext + (_f("flags", B, 2),), step_condition, (batch,),
+        )
+        step_inputs = (_f("x", B, C, h, h), _f("sigma", B)) + step_condition + image_inputs + (_f("gate_map", B, 1, h, h),)
+    else:
+        step_inputs = (
+            (_f("x", B, C, h, h), _f("sigma", B)) + cond + kontext
+            + image_inputs + (_f("gate_map", B, 1, h, h), _f("flags", B, 2))
+        )
     specs["decoder"] = GraphSpec("decoder", "decoder.onnx", step_inputs, (_f("velocity", B, C, h, h),), (batch,))
     if region:
         n = d.tokens

@@ -15,7 +15,8 @@ The sampler reproduces `qk_train.pipeline.Pipeline` step for step (see its modul
    text), neither (empty text, zero source and region, flags 0); with image guidance 1 the
    last branch has weight 0 and is not run (two branches: a third less decoder work);
 3. the CMG runs once on the first branch; its gate thresholded at `gate_threshold` is the
-   active region m, repeated over each token's patch;
+   active region m, repeated over each token's patch; `decoder_cond` (bundle format 3) turns the
+   branches' text, kontext and flags into what every step reads (cross-attention keys and values);
 4. each step runs the decoder (its velocity already gated with m) on the branches, combines
    v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with
    two branches) and takes an Euler step;
@@ -43,6 +44,7 @@ from tokenizers import Tokenizer
 
 from .backend import Backend, choose, make_backend
 from .bundle import Bundle, open_bundle
+from .contract import STEP_CONDITION
 from .errors import BundleError, InputError
 from .inputs import check_box, check_text, load_image, resize_rgb, scale_box
 from .noise import portable_normal
@@ -311,6 +313,18 @@ class EditSession:
             raise RuntimeError("this EditSession is closed; open a new one")
 
     # -- implementation
+    def _step_condition(self, cond: dict, flags: np.ndarray, timings: dict) -> dict:
+        """What every decoder step of this edit reads besides x and sigma. Format 3 bundles run
+        `decoder_cond` once here (each block's cross-attention keys and values of the text and
+        kontext, their padding bias, the pooled-text + flags embedding); older bundles' steps take
+        the text, kontext and flags themselves and recompute that at every step."""
+        if not self.bundle.has_decoder_cond:
+            return {**cond, "flags": flags}
+        t0 = time.perf_counter()
+        out = self.backend.infer("decoder_cond", {**cond, "flags": flags})
+        timings["decoder_cond"] = _ms(t0)
+        return {k: out[k] for k in STEP_CONDITION}
+
     def _edit(self, image, instruction, box, steps, text_guidance, image_guidance, seed, sparse) -> EditResult:
         t_total = time.perf_counter()
         cfg, be, S = self.bundle.sampler, self.backend, self.side
@@ -359,6 +373,7 @@ class EditSession:
         gate_map = tokens_to_map(m_tok[None], g, g, p)  # (1, 1, h, w)
         gate_maps = np.repeat(gate_map, nb, axis=0)
 
+        step_cond = self._step_condition(cond, flags, timings)
         graph, extra, active_tokens = "decoder", {}, None
         if sparse == "region":
             idx = active_token_indices(m_tok > 0.5, g, g, cfg.halo, cfg.region_buckets)
@@ -368,7 +383,7 @@ class EditSession:
         sched = self._scheduler
         sched.set_timesteps(steps)
         per_step = []
-        fixed = {**cond, "source": sources, "region": regions, "gate_map": gate_maps, "flags": flags, **extra}
+        fixed = {**step_cond, "source": sources, "region": regions, "gate_map": gate_maps, **extra}
         for _ in range(steps):
             t0 = time.perf_counter()
             sigma = np.full(nb, sched.sigma, np.float32)
@@ -414,7 +429,8 @@ class EditSession:
             t0 = time.perf_counter()
             cond["kontext"] = be.infer("gateway", {**cond, "source": zeros, "region": region, "flags": flags})["kontext"]
             timings["gateway"] = _ms(t0)
-        fixed = {**cond, "source": zeros, "region": region, "gate_map": np.ones((2, 1, h, h), np.float32), "flags": flags}
+        fixed = {**self._step_condition(cond, flags, timings), "source": zeros, "region": region,
+                 "gate_map": np.ones((2, 1, h, h), np.float32)}
 
         x = portable_normal(seed, (1, C, h, h))
         sched = self._scheduler

@@ -30,11 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from qk_runtime.contract import STEP_CONDITION
 from qk_runtime.sampler import edit_branches
 
 from .workload import EditJob, graph_feeds, manifest_tensors
 
-STAGES = ("text_encoder", "image_encoder", "gateway", "cmg", "decoder", "image_decoder")
+STAGES = ("text_encoder", "image_encoder", "gateway", "cmg", "decoder_cond", "decoder", "image_decoder")
 
 
 @dataclass
@@ -302,6 +303,16 @@ class PeerEngine:
         timings["text_encoder"] = _ms(t0)
         return hidden, mask.astype(np.float32)
 
+    def _step_condition(self, cond: dict, timings: dict) -> dict:
+        """The steps' conditioning inputs as the bundle's contract has them: format 3 runs
+        decoder_cond once per edit; older bundles' steps take text, kontext and flags."""
+        if "decoder_cond" not in self.models:
+            return cond
+        t0 = time.perf_counter()
+        out = self.models["decoder_cond"](cond)
+        timings["decoder_cond"] = _ms(t0)
+        return {name: np.array(out[k], copy=True) for k, name in enumerate(STEP_CONDITION)}
+
     def _loop(self, x, fixed: dict, branches: int, combine, timings: dict) -> np.ndarray:
         sched = self.scheduler
         sched.set_timesteps(self.steps)
@@ -342,8 +353,8 @@ class PeerEngine:
         m_tok = (gate > thr).astype(np.float32) if thr is not None else gate.astype(np.float32)
         gate_map = tokens_to_map(m_tok[None], g, g, p)
         s_txt, s_img = float(self.sampler["text_guidance"]), float(self.sampler["image_guidance"])
-        fixed = {"text": text, "text_mask": mask, "kontext": kontext, "source": sources, "region": regions,
-                 "gate_map": np.repeat(gate_map, 3, axis=0), "flags": flags}
+        cond = self._step_condition({"text": text, "text_mask": mask, "kontext": kontext, "flags": flags}, timings)
+        fixed = {**cond, "source": sources, "region": regions, "gate_map": np.repeat(gate_map, 3, axis=0)}
         x = portable_normal(seed, (1, C, h, h))
         x = self._loop(x, fixed, 3, lambda v: v[2:3] + s_img * (v[1:2] - v[2:3]) + s_txt * (v[0:1] - v[1:2]), timings)
         out = self._run("image_decoder", {"latent": x}, timings)
@@ -365,8 +376,8 @@ class PeerEngine:
         region = np.zeros((2, 1, h, h), np.float32)
         flags = np.zeros((2, 2), np.float32)
         kontext = self._run("gateway", {"text": hidden, "text_mask": mask, "source": zeros, "region": region, "flags": flags}, timings)
-        fixed = {"text": hidden, "text_mask": mask, "kontext": kontext, "source": zeros, "region": region,
-                 "gate_map": np.ones((2, 1, h, h), np.float32), "flags": flags}
+        cond = self._step_condition({"text": hidden, "text_mask": mask, "kontext": kontext, "flags": flags}, timings)
+        fixed = {**cond, "source": zeros, "region": region, "gate_map": np.ones((2, 1, h, h), np.float32)}
         s = float(self.sampler["text_guidance"] if self.sampler.get("gen_guidance") is None else self.sampler["gen_guidance"])
         x = self._loop(portable_normal(seed, (1, C, h, h)), fixed, 2, lambda v: v[1:2] + s * (v[0:1] - v[1:2]), timings)
         out = self._run("image_decoder", {"latent": x}, timings)

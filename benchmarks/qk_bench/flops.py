@@ -16,6 +16,9 @@ conditioning tokens (text + kontext), MLP width `F`:
                  cross scores and weights x v 2 x 2 B A S D; MLP 2 B A D F x 2
     final        ada 2 B D 2D, linear 2 B A D (C p^2)
 
+Bundles of format 3 compute pool_proj, flag_embed, text_proj and every block's cross kv once per
+edit (the `decoder_cond` graph), so their step has none of those (`DecoderShape.step_condition`).
+
 `int8_flops` is the share that an INT8 bundle runs as integer GEMMs: the MatMul/Gemm nodes that
 `qk_export.quantize` quantizes (everything but the parts in `FLOAT_PARTS`, its SENSITIVE list,
 and the attention products of two activations).
@@ -47,6 +50,7 @@ class DecoderShape:
     kontext_tokens: int  # K (0 without a gateway)
     source_mode: str = "channel"  # "channel" | "sequence"
     window: int = 0  # w: self-attention in w x w token windows; 0 dense
+    step_condition: bool = True  # the step takes decoder_cond's outputs (format 3), not the text
 
     @property
     def grid(self) -> int:
@@ -68,7 +72,8 @@ class DecoderShape:
                    mlp_ratio=float(dec["mlp_ratio"]), latent_channels=d["latent_channels"],
                    latent_size=d["image_size"] // d["factor"], text_length=d["max_length"],
                    text_width=d["text_width"], kontext_tokens=d["kontext_tokens"],
-                   source_mode=dec.get("source_mode", "channel"), window=int(dec.get("attn_window") or 0))
+                   source_mode=dec.get("source_mode", "channel"), window=int(dec.get("attn_window") or 0),
+                   step_condition=int(manifest.get("format_version", 1)) >= 3)
 
     @classmethod
     def from_config(cls, cfg, text_width: int) -> "DecoderShape":
@@ -119,6 +124,9 @@ def decoder_step_flops(s: DecoderShape, batch: int, active: int | None = None) -
         "final_ada": mm(B, D, 2 * D),
         "final_linear": mm(B * A, D, C * p * p),
     }
+    if s.step_condition:  # computed once per edit by decoder_cond, not by the step
+        for k in ("pool_proj", "flag_embed", "text_proj", "cross_kv"):
+            parts[k] = 0
     total = sum(parts.values())
     flt = sum(v for k, v in parts.items() if k in FLOAT_PARTS)
     return {"total": total, "int8": total - flt, "float": flt, "parts": parts}

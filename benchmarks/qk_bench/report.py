@@ -28,7 +28,7 @@ from pathlib import Path
 from .flops import DecoderShape, decoder_step_flops, floor_ms
 
 PEAK_RUNTIME = {"torch": "torch", "ort-cpu": "ort-cpu", "ov-cpu": "ov-cpu", "openvino-plain": "ov-cpu"}
-STAGE_COLUMNS = ("text_encoder", "image_encoder", "gateway", "cmg", "decoder", "image_decoder", "other")
+STAGE_COLUMNS = ("text_encoder", "image_encoder", "gateway", "cmg", "decoder_cond", "decoder", "image_decoder", "other")
 TARGETS = {"best_vs_torch": 5.0, "best_vs_peer": 1.5, "int8_vs_fp32_step": 1.7, "region25_vs_dense": 2.5,
            "best_fraction_of_peak": 0.40}
 CLAIMED_EDIT_OVERHEAD = 0.18  # the seed's "+18 %" for edits over generation
@@ -452,13 +452,13 @@ def markdown(doc: dict) -> str:
     here = _at(rows, ref)
     if here:
         L += [f"## Edit latency per stage (region about {ref:.0%} of the image; median ms)", "",
-              "| configuration | edit median / p90 / p99 | edits/s | vs torch | text enc | img enc | gateway | CMG | decoder (all steps) | step | AE decode | other | generation | active tokens |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| configuration | edit median / p90 / p99 | edits/s | vs torch | text enc | img enc | gateway | CMG | decoder cond | decoder (all steps) | step | AE decode | other | generation | active tokens |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(here, key=lambda r: r["edit_ms_median"] or 1e18):
             st = r["stages_ms_median"]
             L.append(f"| {r['name']} | {_f(r['edit_ms_median'])} / {_f(r['edit_ms_p90'])} / {_f(r['edit_ms_p99'])} | "
                      f"{_f(r['edits_per_s'], '{:.2f}')} | {_f(r['speedup_vs_torch'], '{:.2f}x')} | "
-                     + " | ".join(_f(st.get(k), '{:.1f}') for k in ("text_encoder", "image_encoder", "gateway", "cmg", "decoder"))
+                     + " | ".join(_f(st.get(k), '{:.1f}') for k in ("text_encoder", "image_encoder", "gateway", "cmg", "decoder_cond", "decoder"))
                      + f" | {_f(r['decoder_step_ms_median'], '{:.1f}')} | {_f(st.get('image_decoder'), '{:.1f}')} | "
                      f"{_f(st.get('other'), '{:.1f}')} | {_f(r['gen_ms_median'])} | {r['active_tokens'] or r['tokens'] or '–'} |")
         L.append("")

@@ -68,6 +68,7 @@ def manifest_tensors(entries: list[dict]) -> list[Tensor]:
 def graph_feeds(inputs, batch: int, active: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """Inputs for one call of a graph, from its tensor specs (`name`, `dtype`, `shape` with
     "batch" / "active" axes): normals for activations, a 0.5 noise level, eight text tokens,
+    a cross-attention bias that keeps the first eight,
     regions / gates / flags of ones, and the first `active` token indices."""
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -79,6 +80,10 @@ def graph_feeds(inputs, batch: int, active: int | None = None, seed: int = 0) ->
             mask = np.zeros(shape, np.float32)
             mask[:, : min(8, shape[1])] = 1.0
             feeds[t.name] = mask.astype(np.int64) if t.dtype == "int64" else mask
+        elif t.name == "cond_bias":  # the first eight conditioning tokens attended, the rest masked (timing only)
+            bias = np.full(shape, -1e4, np.float32)
+            bias[:, : min(8, shape[1])] = 0.0
+            feeds[t.name] = bias
         elif t.name == "input_ids":
             feeds[t.name] = rng.integers(4, 100, shape).astype(np.int64)
         elif t.name == "sigma":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..config import DecoderConfig
 from .layers import MLP, Attention, TimestepEmbedding, patchify, sincos_2d, unpatchify
@@ -52,8 +53,9 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x, c, cond, cond_bias, window: int = 0, grid: tuple[int, int] = (0, 0)):
-        """x (B, T, D), c (B, D), cond (B, S, D), cond_bias (B, S)."""
+    def forward(self, x, c, cond_kv, cond_bias, window: int = 0, grid: tuple[int, int] = (0, 0)):
+        """x (B, T, D), c (B, D), cond_kv (B, S, 2D): this block's cross-attention keys and values of
+        the conditioning tokens (`self.cross.kv(cond)`), cond_bias (B, S)."""
         # One Unsqueeze for all six (B, 1, D) modulations: the exported step has fewer small ops.
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c)[:, None].chunk(6, dim=-1)  # 6 x (B, 1, D)
         h = modulate(self.norm1(x), shift1, scale1)
@@ -65,7 +67,7 @@ class DiTBlock(nn.Module):
         else:
             h = self.attn(h)
         x = x + gate1 * h
-        x = x + self.cross(self.norm_c(x), cond, cond_bias)
+        x = x + self.cross(self.norm_c(x), None, cond_bias, kv=cond_kv)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -115,7 +117,54 @@ class DiT(nn.Module):
         gate_map: torch.Tensor,  # (B, 1, h, w) the CMG's gate at latent resolution
         flags: torch.Tensor,  # (B, 2)
         active: torch.Tensor | None = None,  # (B, M) token indices: run these tokens only
+        *,
+        cond: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,  # `condition`'s output, made beforehand
     ) -> torch.Tensor:
+        """One velocity prediction: `condition` (unless `cond` is given: then text, text_mask,
+        kontext and flags are not read) then `step`. Exported graphs call this rather than
+        `step`, so that their nodes keep the `/decoder/...` module names."""
+        if cond is None:
+            cond = self.condition(text, text_mask, kontext, flags)
+        return self.step(x, sigma, *cond, source, region, gate_map, active)
+
+    def condition(
+        self,
+        text: torch.Tensor,  # (B, L, Wt)
+        text_mask: torch.Tensor,  # (B, L)
+        kontext: torch.Tensor | None,  # (B, K, D) or None (no gateway)
+        flags: torch.Tensor,  # (B, 2)
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every denoising step of one edit shares, so a runtime computes it once per edit:
+        the cross-attention keys and values of the text + kontext tokens for every block (one
+        matrix product with the blocks' `cross.kv` weights side by side), their padding bias, and
+        the pooled-text + flags part of the adaLN conditioning.
+        -> cond_kv (B, S, depth * 2D), block i's in [..., 2Di : 2D(i+1)]; cond_bias (B, S); cond_emb (B, D)."""
+        B = text.shape[0]
+        mask = text_mask.to(text.dtype)
+        pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, Wt)
+        cond_emb = self.pool_proj(pooled) + self.flag_embed(flags)  # (B, D)
+        cond = self.text_proj(text)  # (B, L, D)
+        cond_bias = (1.0 - mask) * -1e4
+        if kontext is not None:
+            cond = torch.cat([cond, kontext], 1)  # (B, L + K, D)
+            cond_bias = torch.cat([cond_bias, torch.zeros(B, kontext.shape[1], dtype=text.dtype, device=text.device)], 1)
+        weight = torch.cat([block.cross.kv.weight for block in self.blocks], 0)  # (depth * 2D, D)
+        bias = torch.cat([block.cross.kv.bias for block in self.blocks], 0)
+        return F.linear(cond, weight, bias), cond_bias, cond_emb
+
+    def step(
+        self,
+        x: torch.Tensor,  # (B, C, h, w) noisy latent x_t
+        sigma: torch.Tensor,  # (B,) noise level in [0, 1]
+        cond_kv: torch.Tensor,  # (B, S, depth * 2D) from `condition`
+        cond_bias: torch.Tensor,  # (B, S)
+        cond_emb: torch.Tensor,  # (B, D)
+        source: torch.Tensor,  # (B, C, h, w)
+        region: torch.Tensor,  # (B, 1, h, w)
+        gate_map: torch.Tensor,  # (B, 1, h, w)
+        active: torch.Tensor | None = None,  # (B, M) token indices: run these tokens only
+    ) -> torch.Tensor:
+        """The DiT's velocity at x_t given the edit's `condition`."""
         B, C, h, w = x.shape
         p, D = self.cfg.patch, self.cfg.width
         gh, gw = h // p, w // p
@@ -133,18 +182,11 @@ class DiT(nn.Module):
                 src = torch.gather(src, 1, active[:, :, None].expand(-1, -1, D))
             tokens = torch.cat([tokens, src], 1)  # (B, 2M, D)
 
-        mask = text_mask.to(x.dtype)
-        pooled = (text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1.0)  # (B, Wt)
-        c = self.t_embed(sigma) + self.pool_proj(pooled) + self.flag_embed(flags)  # (B, D)
-        cond = self.text_proj(text)  # (B, L, D)
-        cond_bias = (1.0 - mask) * -1e4
-        if kontext is not None:
-            cond = torch.cat([cond, kontext], 1)  # (B, L + K, D)
-            cond_bias = torch.cat([cond_bias, torch.zeros(B, kontext.shape[1], dtype=x.dtype, device=x.device)], 1)
-
+        c = self.t_embed(sigma) + cond_emb  # (B, D)
         window = self.cfg.attn_window if active is None and self.cfg.source_mode == "channel" else 0
-        for block in self.blocks:
-            tokens = block(tokens, c, cond, cond_bias, window, (gh, gw))
+        kv = 2 * D
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, c, cond_kv[:, :, i * kv : (i + 1) * kv], cond_bias, window, (gh, gw))
         out = self.final(tokens[:, :n_img], c)  # (B, N or M, C*p*p)
         if active is not None:
             return out  # (B, M, C*p*p): velocities of the active tokens only

@@ -26,14 +26,17 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None, key_bias: torch.Tensor | None = None
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_bias: torch.Tensor | None = None,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, T, D), context (B, S, Dc), key_bias (B, S) additive (0 keep, -1e4 drop)."""
+        """x (B, T, D), context (B, S, Dc), key_bias (B, S) additive (0 keep, -1e4 drop).
+        kv (B, S, 2D): `self.kv(context)` computed beforehand (then `context` is not read)."""
         B, T, D = x.shape
-        context = x if context is None else context
-        S = context.shape[1]
+        if kv is None:
+            kv = self.kv(x if context is None else context)
+        S = kv.shape[1]
         q = self.q(x).reshape(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k, v = self.kv(context).reshape(B, S, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, S, hd)
+        k, v = kv.reshape(B, S, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, S, hd)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))  # (B, H, T, S)
         if key_bias is not None:
             scores = scores + key_bias[:, None, None, :]

@@ -9,8 +9,9 @@ from qk_bench.flops import FLOAT_PARTS, DecoderShape, decoder_step_flops, floor_
 # The tiny preset (qk_train/configs/tiny.yaml): width 32, depth 2, heads 2, patch 8, MLP ratio 2,
 # pixel codec (3 channels, 32 px: 32 x 32 latent, a 4 x 4 grid = 16 tokens), text 24 tokens of
 # width 32, 4 kontext tokens, channel source mode.
+# step_condition=False: the whole DiT.forward (the torch pipeline's call, and older bundles' step).
 TINY = DecoderShape(width=32, depth=2, heads=2, patch=8, mlp_ratio=2.0, latent_channels=3, latent_size=32,
-                    text_length=24, text_width=32, kontext_tokens=4)
+                    text_length=24, text_width=32, kontext_tokens=4, step_condition=False)
 
 
 def hand_count_tiny_batch1() -> dict:
@@ -47,6 +48,15 @@ def test_hand_count_matches():
     assert decoder_step_flops(TINY, batch=3)["total"] == 3 * hand["total"]  # everything is per image
 
 
+def test_step_of_format_3_leaves_the_conditioning_to_decoder_cond():
+    hand = hand_count_tiny_batch1()
+    D, L, S = 32, 24, 24 + 4
+    once_per_edit = 2 * 32 * D + 2 * 2 * D + 2 * L * 32 * D + 2 * (2 * S * D * 2 * D)  # pool, flags, text_proj, 2 x cross kv
+    step = decoder_step_flops(DecoderShape(**{**TINY.__dict__, "step_condition": True}), batch=1)
+    assert step["total"] == hand["total"] - once_per_edit
+    assert step["int8"] == hand["int8"] - 2 * L * 32 * D - 2 * (2 * S * D * 2 * D)  # text_proj and cross kv were INT8 parts
+
+
 def test_region_and_window_by_hand():
     # region, 4 active tokens: every block term in N becomes 4 (self-attention 4 x 4), x_embed stays at 16
     full, region = decoder_step_flops(TINY, 1), decoder_step_flops(TINY, 1, active=4)
@@ -72,14 +82,21 @@ def test_against_flop_counter(window, active, mode):
 
     cfg = load_preset("tiny").replace(decoder={"attn_window": window, "source_mode": mode})
     shape = DecoderShape.from_config(cfg, cfg.text.width)
-    assert shape == DecoderShape(**{**TINY.__dict__, "window": window, "source_mode": mode})
+    assert shape == DecoderShape(**{**TINY.__dict__, "window": window, "source_mode": mode, "step_condition": True})
     dit = DiT(cfg.decoder, cfg.latent_channels, cfg.text.width).eval()
     B, h, L = 3, 32, 24
-    args = (torch.randn(B, 3, h, h), torch.rand(B), torch.randn(B, L, 32), torch.ones(B, L), torch.randn(B, 4, 32),
-            torch.randn(B, 3, h, h), torch.ones(B, 1, h, h), torch.ones(B, 1, h, h), torch.ones(B, 2))
+    x, sigma, source = torch.randn(B, 3, h, h), torch.rand(B), torch.randn(B, 3, h, h)
+    text, mask, kontext, flags = torch.randn(B, L, 32), torch.ones(B, L), torch.randn(B, 4, 32), torch.ones(B, 2)
+    ones = torch.ones(B, 1, h, h)
     kwargs = {"active": torch.arange(active)[None].expand(B, -1)} if active else {}
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        dit(*args, **kwargs)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # the whole forward: condition + step
+        dit(x, sigma, text, mask, kontext, source, ones, ones, flags, **kwargs)
+    full = DecoderShape(**{**shape.__dict__, "step_condition": False})
+    assert decoder_step_flops(full, B, active)["total"] == counter.get_total_flops()
+    with torch.no_grad():
+        cond = dit.condition(text, mask, kontext, flags)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # the step alone (format 3)
+        dit.step(x, sigma, *cond, source, ones, ones, **kwargs)
     assert decoder_step_flops(shape, B, active)["total"] == counter.get_total_flops()
 
 

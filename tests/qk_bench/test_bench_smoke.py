@@ -25,7 +25,8 @@ def test_json_has_machine_and_configs(smoke_run):
     assert "onnxruntime" in doc["machine"]["versions"]
     assert not doc["failed"], doc["failed"]
     names = {r["name"] for r in doc["configs"]}
-    assert names == {"torch-fp32-eager", "ort-fp32-dense", "ort-fp32-region", "ort-int8-dense", "peer-ov-int8-plain"}
+    assert names == {"torch-fp32-eager", "ort-fp32-dense", "ort-fp32-region", "ort-int8-dense", "ov-fp32-dense",
+                     "ov-int8-dense", "peer-ov-int8-plain"}  # conftest.SMOKE_CONFIGS
     for row in doc["configs"]:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
         assert row["region_fraction"] == 0.25  # --quick runs the 25 % region only

@@ -11,7 +11,7 @@ from qk_runtime.contract import graph_specs, Dims
 from qk_train.checkpoint import sha256_file
 from qk_train.pipeline import Pipeline
 
-GRAPHS = {"text_encoder", "image_encoder", "image_decoder", "gateway", "cmg", "decoder"}
+GRAPHS = {"text_encoder", "image_encoder", "image_decoder", "gateway", "cmg", "decoder_cond", "decoder"}
 
 
 def _manifest(bundle):
@@ -20,8 +20,15 @@ def _manifest(bundle):
 
 def test_manifest_lists_every_graph_with_its_contract_and_profiles(bundles, tiny_checkpoint):
     m = _manifest(bundles["fp32"])
-    assert m["format"] == "qk-bundle" and m["format_version"] == 2
+    assert m["format"] == "qk-bundle" and m["format_version"] == 3
     assert m["graphs"]["text_encoder"]["inputs"][0]["shape"] == ["batch", "text_tokens"]  # format 2: any token count
+    # format 3: the steps read decoder_cond's outputs, made once per edit, and no longer the text
+    step_inputs = [t["name"] for t in m["graphs"]["decoder"]["inputs"]]
+    assert step_inputs == ["x", "sigma", "cond_kv", "cond_bias", "cond_emb", "source", "region", "gate_map"]
+    assert [t["name"] for t in m["graphs"]["decoder_cond"]["outputs"]] == ["cond_kv", "cond_bias", "cond_emb"]
+    d = m["dims"]
+    assert m["graphs"]["decoder_cond"]["outputs"][0]["shape"] == [
+        "batch", d["max_length"] + d["kontext_tokens"], 2 * d["width"] * m["model_config"]["decoder"]["depth"]]
     assert set(m["graphs"]) == GRAPHS and m["precision"] == "fp32" and m["sparse_attn"] == "none"
     expected = graph_specs(Dims(**m["dims"]), gateway=True, gate=True, region=False)
     for name, g in m["graphs"].items():

@@ -8,7 +8,7 @@ import torch
 
 from qk_export.graphs import model_specs, sample_inputs, wrap
 from qk_export.parity import FP32_BOUND, INT8_BOUNDS, INT8_GATE_MEAN_ABS, int8_parity, ort_session
-from qk_export.quantize import SENSITIVE, record_trajectories
+from qk_export.quantize import SENSITIVE, record_trajectories, with_step_condition
 from qk_train.models.unified import QKModel
 
 
@@ -23,10 +23,13 @@ def test_fp32_graphs_match_torch_on_fresh_inputs(bundles, model, batch):
     for name, spec in specs.items():
         args = sample_inputs(spec, model, torch.Generator().manual_seed(77 + batch), batch=batch)
         with torch.no_grad():
-            ref = wrap(model, spec)(*args).numpy()
-        (out,) = ort_session(bundles["fp32"] / spec.file).run(None, {t.name: a.numpy() for t, a in zip(spec.inputs, args)})
-        assert out.shape == ref.shape
-        assert np.abs(out - ref).max() <= FP32_BOUND, name
+            refs = wrap(model, spec)(*args)
+        refs = refs if isinstance(refs, tuple) else (refs,)  # decoder_cond has three outputs
+        outs = ort_session(bundles["fp32"] / spec.file).run(None, {t.name: a.numpy() for t, a in zip(spec.inputs, args)})
+        assert len(outs) == len(refs) == len(spec.outputs)
+        for out, ref in zip(outs, refs):
+            assert out.shape == tuple(ref.shape)
+            assert np.abs(out - ref.numpy()).max() <= FP32_BOUND, name
 
 
 def test_int8_graphs_are_symmetric_qdq_with_sensitive_layers_in_float(bundles):
@@ -47,10 +50,16 @@ def test_int8_graphs_are_symmetric_qdq_with_sensitive_layers_in_float(bundles):
         sensitive = [q for q in quantized if any(frag in q for frag in SENSITIVE.get(name, ()))]
         assert not sensitive, (name, sensitive)
     assert m["graphs"]["image_encoder"]["precision"] == "fp32"
+    # the per-edit conditioning runs once per edit: float, no Q/DQ at all
+    assert m["graphs"]["decoder_cond"]["precision"] == "fp32"
+    ops = {n.op_type for n in onnx.load(str(bundles["int8_region"] / "decoder_cond.onnx")).graph.node}
+    assert not ops & {"QuantizeLinear", "DequantizeLinear"}
 
 
 def test_int8_graphs_stay_within_their_bound_on_fresh_held_out_steps(bundles, model, torch_one_thread):
     fresh = record_trajectories(model, "val", 8, first_index=1000)  # val scenes the export did not use
+    for graph in ("decoder", "decoder_region"):  # as format-3 steps take them
+        fresh.feeds[graph] = [with_step_condition(model, f) for f in fresh.feeds[graph]]
     specs = model_specs(model, region=True)
     for name in ("decoder", "decoder_region", "gateway", "text_encoder"):
         r = int8_parity(wrap(model, specs[name]), specs[name], bundles["int8_region"] / f"{name}.onnx", fresh.feeds[name], "val")

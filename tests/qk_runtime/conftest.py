@@ -72,6 +72,12 @@ def region_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
     return _export(tmp_path_factory, tiny_checkpoint, "region", int8=False, sparse_attn="region")
 
 
+@pytest.fixture(scope="session")
+def format_2_region_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    """What qk-export wrote before format 3: no decoder_cond, the steps take the text, kontext and flags."""
+    return _export(tmp_path_factory, tiny_checkpoint, "format2", int8=False, sparse_attn="region", format_version=2)
+
+
 @pytest.fixture()
 def bundle_copy(tmp_path, fp32_bundle) -> Path:
     """A private copy of the FP32 bundle that a test may damage."""

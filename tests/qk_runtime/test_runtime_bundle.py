@@ -1,5 +1,7 @@
 """Opening and validating bundles: a damaged or foreign bundle is refused with the fix."""
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -90,9 +92,37 @@ def _as_format_1(m):
         t["shape"] = [L if d == "text_tokens" else d for d in t["shape"]]
 
 
-def test_format_1_bundles_still_open_and_run_on_every_token(bundle_copy, fp32_bundle, source_image):
+def test_format_2_bundles_run_their_steps_on_the_text_with_the_same_results(format_2_region_bundle, region_bundle,
+                                                                            source_image):
     from qk_runtime import EditSession
 
+    old, new = open_bundle(format_2_region_bundle), open_bundle(region_bundle)
+    assert not old.has_decoder_cond and new.has_decoder_cond
+    assert "text" in old.graphs["decoder_region"].input_names and "cond_kv" in new.graphs["decoder_region"].input_names
+    calls = {}
+    with EditSession(format_2_region_bundle, "ort-cpu", threads=1) as s2, EditSession(region_bundle, "ort-cpu", threads=1) as s3:
+        for name, s in (("2", s2), ("3", s3)):
+            infer = s.backend.infer
+
+            def spy(graph, feeds, _infer=infer, _name=name):
+                calls.setdefault(_name, []).append(graph)
+                return _infer(graph, feeds)
+
+            s.backend.infer = spy
+        for box in (None, (2, 2, 20, 20)):
+            a = s2.edit(source_image, "make the red circle blue", box=box, seed=3, steps=6)
+            b = s3.edit(source_image, "make the red circle blue", box=box, seed=3, steps=6)
+            assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1  # same math, another summation order
+            assert "decoder_cond" in b.timings and "decoder_cond" not in a.timings
+    assert "decoder_cond" not in calls["2"] and calls["3"].count("decoder_cond") == 2  # once per edit, not per step
+    assert calls["2"].count("decoder_region") == calls["3"].count("decoder_region") == 12
+
+
+def test_format_1_bundles_still_open_and_run_on_every_token(tmp_path, format_2_region_bundle, source_image):
+    from qk_runtime import EditSession
+
+    fp32_bundle = format_2_region_bundle  # format 1 differs from 2 only in the text encoder's token axis
+    bundle_copy = Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
     assert open_bundle(fp32_bundle).graphs["text_encoder"].inputs[0].shape == ("batch", "text_tokens")
     _edit_manifest(bundle_copy, _as_format_1)
     old = open_bundle(bundle_copy)
@@ -118,7 +148,7 @@ def test_format_1_bundles_still_open_and_run_on_every_token(bundle_copy, fp32_bu
 
 def test_format_0_is_refused_with_the_fix(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m.update(format_version=0))
-    with pytest.raises(BundleError, match="reads 1..2.*re-export"):
+    with pytest.raises(BundleError, match="reads 1..3.*re-export"):
         open_bundle(bundle_copy, verify=False)
 
 

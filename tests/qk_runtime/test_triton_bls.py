@@ -106,8 +106,8 @@ def test_edit_with_box_is_bit_equal(fp32_repo, reference, source_image):
     assert out["edited"].dtype == np.uint8 and out["edited"].shape == source_image.shape
     assert np.array_equal(out["edited"], ref.image)  # tolerance 0
     assert np.array_equal(out["gate"], ref.gate)
-    assert set(infer.calls) == {"text_encoder", "image_encoder", "gateway", "cmg", "decoder", "image_decoder"}
-    assert infer.calls.count("decoder") == reference.bundle.sampler.steps
+    assert set(infer.calls) == {"text_encoder", "image_encoder", "gateway", "cmg", "decoder_cond", "decoder", "image_decoder"}
+    assert infer.calls.count("decoder") == reference.bundle.sampler.steps and infer.calls.count("decoder_cond") == 1
 
 
 def test_edit_without_box_any_size_is_bit_equal(fp32_repo, reference, source_image):

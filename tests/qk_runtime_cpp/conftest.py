@@ -107,6 +107,12 @@ def region_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
 
 
 @pytest.fixture(scope="session")
+def format_2_region_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    """What qk-export wrote before format 3: no decoder_cond, the steps take the text, kontext and flags."""
+    return _export(tmp_path_factory, tiny_checkpoint, "format2", int8=False, sparse_attn="region", format_version=2)
+
+
+@pytest.fixture(scope="session")
 def shapeworld_edits(tmp_path_factory):
     """20 ShapeWorld test-split edits at the tiny preset's 32 px, as PNG files plus their jobs."""
     from PIL import Image

@@ -62,6 +62,15 @@ def test_region_parity(cpp_build, region_bundle, shapeworld_edits, tmp_path):
         assert r["active"][0] == r["active"][1] and r["active"][0] > 0
 
 
+def test_format_2_bundle_parity(cpp_build, format_2_region_bundle, shapeworld_edits, tmp_path):
+    """Bundles written before decoder_cond (format 2: the steps take the text) still run, as in Python."""
+    manifest = json.loads((format_2_region_bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and "decoder_cond" not in manifest["graphs"]
+    rows = _run_both(cpp_build, format_2_region_bundle, shapeworld_edits[:6], tmp_path, "region")
+    _check(rows)
+    assert all("decoder_cond" not in r["keys"] for r in rows)
+
+
 def test_int8_parity_on_20_shapeworld_edits(cpp_build, int8_bundle, shapeworld_edits, tmp_path):
     rows = _run_both(cpp_build, int8_bundle, shapeworld_edits, tmp_path, "none")
     assert len(rows) == 20

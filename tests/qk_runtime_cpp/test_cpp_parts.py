@@ -271,9 +271,13 @@ def test_bundle_checks(cpp_build, fp32_bundle, tmp_path):
 
     manifest["format_version"] = 0
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
-    assert "this runtime reads 1..2" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
+    assert "this runtime reads 1..3" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
 
-    manifest["format_version"] = 2
+    manifest["format_version"] = 2  # a format-3 manifest read as 2: its dims name the decoder depth
+    (copy2 / "manifest.json").write_text(json.dumps(manifest))
+    assert "'dims' must have exactly" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
+
+    manifest["format_version"] = 3
     manifest["graphs"]["decoder"]["inputs"][0]["name"] = "latents"
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
     assert "differ from the contract" in probe(cpp_build, "bundle", copy2, ok=False)["message"]

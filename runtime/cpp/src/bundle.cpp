@@ -112,13 +112,15 @@ std::map<std::string, std::string> check_files(const fs::path& folder, const jso
     return out;
 }
 
-Dims read_dims(const json& raw, const std::string& where) {
+Dims read_dims(const json& raw, int format_version, const std::string& where) {
     static const char* names[] = {"image_size", "latent_channels", "factor", "patch", "max_length", "text_width",
                                   "kontext_tokens", "width"};
-    bool ok = raw.is_object() && raw.size() == 8;
+    const bool with_depth = format_version >= 3;  // the decoder depth entered the dims with decoder_cond
+    bool ok = raw.is_object() && raw.size() == (with_depth ? 9u : 8u) && (!with_depth || raw.contains("depth"));
     for (const char* n : names) ok = ok && raw.contains(n);
     if (!ok) throw BundleError(where + ": 'dims' must have exactly image_size, latent_channels, factor, patch, "
-                               "max_length, text_width, kontext_tokens, width; has " + dump(raw) + "; " + kHint);
+                               "max_length, text_width, kontext_tokens, width" + std::string(with_depth ? ", depth" : "") +
+                               "; has " + dump(raw) + "; " + kHint);
     for (const auto& [k, v] : raw.items())
         if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > (1 << 24))
             throw BundleError(where + ": 'dims' values must be non-negative integers, got " + dump(raw));
@@ -131,6 +133,11 @@ Dims read_dims(const json& raw, const std::string& where) {
     d.text_width = raw["text_width"];
     d.kontext_tokens = raw["kontext_tokens"];
     d.width = raw["width"];
+    if (with_depth) {
+        d.depth = raw["depth"];
+        if (d.depth < 1)
+            throw BundleError(where + ": dims.depth must be the decoder's block count (>= 1), got " + dump(raw["depth"]) + "; " + kHint);
+    }
     if (d.factor < 1 || d.patch < 1 || d.image_size % d.factor || d.latent_size() % d.patch || d.image_size < 1 ||
         d.latent_channels < 1 || d.max_length < 1 || d.text_width < 1)
         throw BundleError(where + ": inconsistent dims " + dump(raw) + ": image_size / factor / patch must divide evenly");
@@ -264,11 +271,24 @@ std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bo
         add("cmg", in, {f32("gate", {B, num(d.tokens())})}, {{"batch", {1, 1, kMaxBatch}}});
     }
     std::vector<TensorSpec> step{f32("x", {B, num(C), num(h), num(h)}), f32("sigma", {B})};
-    step.insert(step.end(), cond.begin(), cond.end());
-    if (gateway) step.push_back(kontext);
-    step.insert(step.end(), image_inputs.begin(), image_inputs.end());
-    step.push_back(f32("gate_map", {B, num(1), num(h), num(h)}));
-    step.push_back(f32("flags", {B, num(2)}));
+    if (format_version >= 3) {  // decoder_cond makes the steps' conditioning once per edit
+        const long long n_cond = d.max_length + (gateway ? d.kontext_tokens : 0);
+        std::vector<TensorSpec> step_cond{f32("cond_kv", {B, num(n_cond), num(d.cond_width())}),
+                                          f32("cond_bias", {B, num(n_cond)}), f32("cond_emb", {B, num(d.width)})};
+        std::vector<TensorSpec> in = cond;
+        if (gateway) in.push_back(kontext);
+        in.push_back(f32("flags", {B, num(2)}));
+        add("decoder_cond", in, step_cond, batch3);
+        step.insert(step.end(), step_cond.begin(), step_cond.end());
+        step.insert(step.end(), image_inputs.begin(), image_inputs.end());
+        step.push_back(f32("gate_map", {B, num(1), num(h), num(h)}));
+    } else {
+        step.insert(step.end(), cond.begin(), cond.end());
+        if (gateway) step.push_back(kontext);
+        step.insert(step.end(), image_inputs.begin(), image_inputs.end());
+        step.push_back(f32("gate_map", {B, num(1), num(h), num(h)}));
+        step.push_back(f32("flags", {B, num(2)}));
+    }
     TensorSpec velocity = f32("velocity", {B, num(C), num(h), num(h)});
     add("decoder", step, {velocity}, batch3);
     if (region) {
@@ -289,7 +309,7 @@ Bundle open_bundle(const std::string& path, bool verify) {
     Bundle b;
     b.path = path;
     b.files = check_files(folder, m["files"], verify);
-    b.dims = read_dims(m["dims"], where);
+    b.dims = read_dims(m["dims"], m["format_version"].get<int>(), where);
 
     const json& raw = m["graphs"];
     if (!raw.is_object()) throw BundleError(where + ": 'graphs' must be an object; " + kHint);
@@ -297,6 +317,10 @@ Bundle open_bundle(const std::string& path, bool verify) {
         if (!raw.contains(g)) throw BundleError(where + ": graph '" + g + "' is missing; " + kHint);
     auto expected = contract_graphs(b.dims, raw.contains("gateway"), raw.contains("cmg"), raw.contains("decoder_region"),
                                     m["format_version"].get<int>());
+    for (const auto& [name, _] : expected)  // decoder_cond, from format 3 on
+        if (!raw.contains(name))
+            throw BundleError(where + ": graph '" + name + "' is missing (format_version " +
+                              std::to_string(m["format_version"].get<int>()) + "); " + kHint);
     for (const auto& [name, _] : raw.items())
         if (!expected.count(name))
             throw BundleError(where + ": graph '" + name + "' is not in the export contract" +

@@ -14,14 +14,16 @@
 
 namespace qk {
 
-constexpr int kFormatVersion = 2;     // 2: the text encoder's token axis is dynamic
+constexpr int kFormatVersion = 3;     // 3: the decoder's per-edit conditioning is its own graph, decoder_cond
+                                      // 2: the text encoder's token axis is dynamic
 constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
 
 struct Dims {
     int image_size = 0, latent_channels = 0, factor = 0, patch = 0, max_length = 0, text_width = 0,
-        kontext_tokens = 0, width = 0;
+        kontext_tokens = 0, width = 0, depth = 0;  // depth: decoder blocks (format 3; 0 before)
     int latent_size() const { return image_size / factor; }
+    int cond_width() const { return 2 * width * depth; }  // cond_kv's last axis: keys and values per block
     int grid() const { return latent_size() / patch; }
     int tokens() const { return grid() * grid(); }
 };
@@ -71,6 +73,7 @@ struct Bundle {
     bool has_gateway() const { return has("gateway"); }
     bool has_cmg() const { return has("cmg"); }
     bool has_region() const { return has("decoder_region"); }
+    bool has_decoder_cond() const { return has("decoder_cond"); }  // format 3
     const GraphInfo& graph(const std::string& g) const;
     // sha256 of the canonical JSON of the files map (runtime/bundle.py files_digest)
     std::string sha() const;

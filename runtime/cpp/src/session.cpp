@@ -8,7 +8,8 @@
 //    image only (empty text), neither (empty text, zero source and region, flags 0); with image
 //    guidance exactly 1 the last has weight 0 and is not run (two branches);
 // 3. the CMG runs once on the first branch; its gate thresholded at gate_threshold is the active
-//    region m, repeated over each token's patch;
+//    region m, repeated over each token's patch; decoder_cond (format 3) turns the branches' text,
+//    kontext and flags into what every step reads (each block's cross-attention keys and values);
 // 4. each step runs the decoder (its velocity already gated with m) on the branches, combines
 //    v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with two
 //    branches) in float32 and takes an Euler step; sparse "region" runs the region decoder on
@@ -138,7 +139,8 @@ struct Session::Impl {
     struct Branches {
         int nb = 3;
         Tensor text, text_mask, source, region, flags, kontext, x, sigma, gate_map, velocity;
-        std::unique_ptr<PreparedCall> gateway, decoder;
+        Tensor cond_kv, cond_bias, cond_emb;  // decoder_cond's outputs, the steps' inputs (format 3)
+        std::unique_ptr<PreparedCall> gateway, decoder_cond, decoder;
         std::map<int, RegionCall> region_calls;
     };
     std::unique_ptr<Branches> branch_sets[2];  // [0]: 2 branches, [1]: 3
@@ -216,6 +218,15 @@ struct Session::Impl {
             B->velocity = Tensor("velocity", DType::F32, V{b, C, h, h});
             if (bundle.has_gateway())
                 B->gateway = bind("gateway", {&B->text, &B->text_mask, &B->source, &B->region, &B->flags}, {&B->kontext});
+            if (bundle.has_decoder_cond()) {
+                const std::int64_t n_cond = L + (bundle.has_gateway() ? K : 0);
+                B->cond_kv = Tensor("cond_kv", DType::F32, V{b, n_cond, bundle.dims.cond_width()});
+                B->cond_bias = Tensor("cond_bias", DType::F32, V{b, n_cond});
+                B->cond_emb = Tensor("cond_emb", DType::F32, V{b, D});
+                std::vector<Tensor*> in{&B->text, &B->text_mask, &B->flags};
+                if (bundle.has_gateway()) in.push_back(&B->kontext);
+                B->decoder_cond = bind("decoder_cond", in, {&B->cond_kv, &B->cond_bias, &B->cond_emb});
+            }
             if (!bundle.has_region()) B->decoder = bind_decoder(*B);
             slot = std::move(B);
         }
@@ -223,6 +234,8 @@ struct Session::Impl {
     }
 
     std::vector<Tensor*> step_inputs(Branches& B) {
+        if (B.decoder_cond)  // format 3: the conditioning decoder_cond made once per edit
+            return {&B.x, &B.sigma, &B.cond_kv, &B.cond_bias, &B.cond_emb, &B.source, &B.region, &B.gate_map};
         std::vector<Tensor*> in{&B.x, &B.sigma, &B.text, &B.text_mask, &B.source, &B.region, &B.gate_map, &B.flags};
         if (bundle.has_gateway()) in.push_back(&B.kontext);
         return in;
@@ -390,6 +403,11 @@ struct Session::Impl {
             t0 = Clock::now();
             B.gateway->run();
             timings["gateway"] = ms_since(t0);
+        }
+        if (B.decoder_cond) {  // format 3: every step's cross-attention keys and values, once
+            t0 = Clock::now();
+            B.decoder_cond->run();
+            timings["decoder_cond"] = ms_since(t0);
         }
 
         // -- 3. the gate, once, on the first branch
