@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from qk_runtime.contract import GraphSpec
+from qk_runtime.contract import WEIGHT_ONLY_INT8_GRAPHS, GraphSpec
 from qk_train.models.unified import QKModel
 
 from .graphs import sample_inputs
@@ -37,11 +37,15 @@ class ParityError(ValueError):
     """An exported graph that does not match its torch module within the stated bound."""
 
 
-def ort_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+def ort_session(path: Path, threads: int = 0, weight_only: bool = False) -> ort.InferenceSession:
+    """A CPU session; `weight_only`: as the runtimes open weight-only INT8 graphs (Q/DQ fusion off,
+    `qk_runtime.contract.WEIGHT_ONLY_INT8_GRAPHS`)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
+    if weight_only:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -107,8 +111,9 @@ def predicted_mask(spec: GraphSpec, feed: dict[str, np.ndarray], out_shape: tupl
 
 def int8_parity(module: torch.nn.Module, spec: GraphSpec, path: Path, feeds: list[dict[str, np.ndarray]],
                 source: str) -> dict:
-    """Errors of an INT8 graph against the FP32 torch module over several real feeds."""
-    session = ort_session(path)
+    """Errors of an INT8 graph against the FP32 torch module over several real feeds, run as the
+    runtimes run it."""
+    session = ort_session(path, weight_only=spec.name in WEIGHT_ONLY_INT8_GRAPHS)
     outs, refs, masks = [], [], []
     for feed in feeds:
         out, ref = run_both(module, spec, session, feed)

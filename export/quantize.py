@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 import torch
 
-from qk_runtime.contract import STEP_CONDITION, GraphSpec
+from qk_runtime.contract import STEP_CONDITION, WEIGHT_ONLY_INT8_GRAPHS, GraphSpec
 from qk_train.data.shapeworld import make_edit, make_generation
 from qk_train.models.unified import QKModel
 from qk_train.pipeline import Pipeline, active_token_indices
@@ -45,7 +45,9 @@ from .graphs import wrap
 from .parity import int8_parity, int8_problem
 
 QUANTIZED_GRAPHS = ("text_encoder", "gateway", "cmg", "decoder", "decoder_region")
-WEIGHT_ONLY = {"text_encoder": ("MatMul", "Gemm", "Gather")}  # graph -> op types whose weights go int8
+# graph -> op types whose weights go int8; the runtimes open these graphs with ONNX Runtime's Q/DQ
+# fusion off (qk_runtime.contract.WEIGHT_ONLY_INT8_GRAPHS)
+WEIGHT_ONLY = {name: ("MatMul", "Gemm", "Gather") for name in WEIGHT_ONLY_INT8_GRAPHS}
 OP_TYPES = ("MatMul", "Gemm")  # static Q/DQ of the other graphs
 
 # node-name fragments kept in float, per graph

@@ -1,7 +1,8 @@
 """ONNX Runtime backend: the CPU, CUDA or TensorRT execution provider.
 
 Session options: all graph optimizations, `threads` intra-op threads (ONNX Runtime's default,
-one per core, when None), sequential execution, and no thread spinning unless `spinning=True`.
+one per core, when None), sequential execution, and no thread spinning unless `spinning=True`;
+on the CPU, Q/DQ fusion off for weight-only INT8 graphs (`contract.WEIGHT_ONLY_INT8_GRAPHS`).
 
 The CUDA and TensorRT providers run through I/O binding: the inputs are bound from host memory
 and the outputs are allocated on the device and copied back once per call. Inputs that stay the
@@ -27,6 +28,7 @@ import numpy as np
 
 from .backend import Backend
 from .bundle import Bundle
+from .contract import WEIGHT_ONLY_INT8_GRAPHS
 from .errors import BackendUnavailable
 
 _EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
@@ -39,7 +41,8 @@ def _shape_list(profile: dict, key: str) -> str:
 
 class OrtBackend(Backend):
     def __init__(self, bundle: Bundle, *, provider: str = "cpu", threads: int | None = None,
-                 cache_dir: str | Path | None = None, fp16: bool = True, spinning: bool = False):
+                 cache_dir: str | Path | None = None, fp16: bool = True, spinning: bool = False,
+                 weight_only_fusion: bool = False):
         super().__init__(bundle)
         if provider not in _EP:
             raise ValueError(f"provider {provider!r}; choose one of {sorted(_EP)}")
@@ -49,6 +52,9 @@ class OrtBackend(Backend):
         self.cache_dir = Path(cache_dir) if cache_dir else bundle.path / ".ort-trt-cache"
         self.fp16 = fp16 and bundle.precision != "int8"
         self.spinning = spinning
+        # True: leave ONNX Runtime's Q/DQ fusion on for weight-only INT8 graphs too (its default, and
+        # what Triton's ONNX Runtime backend does: it has no setting for it)
+        self.weight_only_fusion = weight_only_fusion
         self.sessions: dict = {}  # graph -> InferenceSession, made on first use
         self._lock = threading.Lock()
 
@@ -72,9 +78,31 @@ class OrtBackend(Backend):
         }
         return [("TensorrtExecutionProvider", trt_opts), ("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
+    def _weight_only(self, graph: str) -> bool:
+        """An INT8 graph stored weight-only (contract.WEIGHT_ONLY_INT8_GRAPHS): Q/DQ fusion off."""
+        precision = self.bundle.manifest.get("graphs", {}).get(graph, {}).get("precision", self.bundle.precision)
+        return graph in WEIGHT_ONLY_INT8_GRAPHS and precision == "int8"
+
+    def _session_options(self, graph: str):
+        if self.provider == "cpu" and not self.weight_only_fusion and self._weight_only(graph):
+            opts = self._make_options()
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+            return opts
+        return self._options
+
     def activate(self, graphs: list[str] | None = None) -> None:
         import onnxruntime as ort
 
+        self._ort = ort
+        self._options = self._make_options()
+        self.is_active = True
+        if graphs is None or self.provider != "cpu":  # GPU providers: all now, so a missing library fails here
+            graphs = list(self.bundle.graphs)
+        for graph in graphs:
+            self._session(graph)
+
+    def _make_options(self):
+        ort = self._ort
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -85,12 +113,7 @@ class OrtBackend(Backend):
         # Idle worker threads sleep instead of spinning: on a CPU shared with other work (an app,
         # a training job) spinning threads steal its cycles and make latency erratic.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
-        self._ort, self._options = ort, opts
-        self.is_active = True
-        if graphs is None or self.provider != "cpu":  # GPU providers: all now, so a missing library fails here
-            graphs = list(self.bundle.graphs)
-        for graph in graphs:
-            self._session(graph)
+        return opts
 
     def _session(self, graph: str):
         sess = self.sessions.get(graph)
@@ -99,7 +122,8 @@ class OrtBackend(Backend):
                 sess = self.sessions.get(graph)
                 if sess is None:
                     info = self.bundle.graphs[graph]
-                    sess = self._ort.InferenceSession(str(info.path), sess_options=self._options, providers=self._providers(graph))
+                    sess = self._ort.InferenceSession(str(info.path), sess_options=self._session_options(graph),
+                                                      providers=self._providers(graph))
                     if _EP[self.provider] not in sess.get_providers():
                         raise BackendUnavailable(
                             f"ONNX Runtime could not start {_EP[self.provider]} for {info.path.name} (it offered "

@@ -74,3 +74,19 @@ def test_int8_file_loads_in_onnxruntime_and_openvino(bundles):
     assert ort_session(path).get_inputs()[0].name == "x"
     compiled = ov.Core().compile_model(str(path), "CPU")
     assert compiled.outputs[0].get_any_name() == "velocity"
+
+
+def test_runtimes_open_weight_only_graphs_without_qdq_fusion(bundles):
+    """The weight-only INT8 text encoder is run with ONNX Runtime's Q/DQ fusion off (its weights
+    dequantized once at load), the statically quantized decoder with it on (integer GEMMs)."""
+    from qk_runtime import EditSession
+
+    def fusion_off(session) -> bool:
+        try:
+            return session.get_session_options().get_session_config_entry("session.disable_quant_qdq") == "1"
+        except Exception:  # noqa: BLE001 - onnxruntime raises when the entry was never set
+            return False
+
+    with EditSession(bundles["int8_region"], backend="ort-cpu", threads=1) as s:
+        assert fusion_off(s.backend._session("text_encoder"))
+        assert not fusion_off(s.backend._session("decoder_region")) and not fusion_off(s.backend._session("gateway"))

@@ -78,6 +78,17 @@ public:
         opts_.SetLogSeverityLevel(3);
         // idle worker threads sleep instead of spinning (a CPU shared with other work)
         opts_.AddConfigEntry("session.intra_op.allow_spinning", options.spinning ? "1" : "0");
+        // weight-only INT8 graphs (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS): no Q/DQ fusion, so
+        // their weights are dequantized once at load, as the Python runtime does
+        weight_only_opts_ = opts_.Clone();
+        weight_only_opts_.AddConfigEntry("session.disable_quant_qdq", "1");
+        for (const auto& [name, info] : bundle.graphs) {
+            (void)info;
+            const nlohmann::json& g = bundle.manifest["graphs"][name];
+            std::string precision = g.is_object() && g.contains("precision") && g["precision"].is_string()
+                                        ? g["precision"].get<std::string>() : bundle.precision;
+            if (name == "text_encoder" && precision == "int8") weight_only_.insert(name);
+        }
     }
 
     std::string name() const override { return "ort-cpu"; }
@@ -103,7 +114,7 @@ private:
         if (it != sessions_.end()) return it->second;
         Ort::Session s{nullptr};
         try {
-            s = Ort::Session(env_, graph.path.c_str(), opts_);
+            s = Ort::Session(env_, graph.path.c_str(), weight_only_.count(graph.name) ? weight_only_opts_ : opts_);
         } catch (const Ort::Exception& e) {
             throw BundleError("ONNX Runtime cannot load " + graph.path + " (" + e.what() +
                               "); the bundle is damaged or was written by an incompatible exporter: re-export it");
@@ -128,7 +139,8 @@ private:
     }
 
     Ort::Env env_;
-    Ort::SessionOptions opts_;
+    Ort::SessionOptions opts_, weight_only_opts_{nullptr};
+    std::set<std::string> weight_only_;
     Ort::MemoryInfo mem_;
     std::map<std::string, Ort::Session> sessions_;
 };
