@@ -1,6 +1,6 @@
 """GPU benchmark of the shipped checkpoint for a lent H100 / H200, one call of at most 8 minutes:
 torch eager vs torch.compile vs CUDA graphs, in FP32 and BF16, for one decoder step (the guidance
-batch 3 and batch 1) and a full 20-step edit; plus ONNX Runtime GPU on the shipped INT8 bundle and
+batch of an edit, 2, and batch 1) and a full 20-step edit; plus ONNX Runtime GPU on the shipped INT8 bundle and
 TensorRT's presence, where installed. Results: gpu_bench.json and gpu_bench.md under --out.
 
     python benchmarks/gpu_bench.py --out "$OUT"                        # on the GPU machine
@@ -18,8 +18,9 @@ Modes of the decoder step (each in FP32 with TF32 off, and in BF16: bf16 weights
 - `compile`: `torch.compile` (inductor, default mode);
 - `cudagraph`: the eager step captured once in a `torch.cuda.CUDAGraph` with static inputs, replayed;
 - `compile-cudagraphs`: `torch.compile(mode="reduce-overhead")` (inductor with CUDA graphs).
-The full edit runs image encoder, text encoder, gateway (batch 3) and CMG eagerly in the same
-dtype and the 20 steps with the mode's step; stages timed with CUDA events. A time budget
+The full edit runs image encoder, text encoder, gateway and CMG eagerly in the same dtype and
+the 20 steps with the mode's step at the bundles' default guidance (text 3, image 1: two branches,
+as the runtimes run it); stages timed with CUDA events. A time budget
 (`--budget-s`, default 400 s) skips what no longer fits and says so.
 """
 from __future__ import annotations
@@ -119,6 +120,8 @@ def sigmas(steps: int):
 
 
 COND = ("text", "text_mask", "kontext", "source", "region", "gate_map", "flags")
+TEXT_GUIDANCE = 3.0  # the bundles' default edit guidance (qk_train.pipeline); image guidance 1:
+EDIT_BATCH = 2  # two guidance branches per step (qk_runtime.sampler.edit_branches(1.0))
 
 
 def gated_step(dit, dtype):
@@ -236,12 +239,13 @@ def _full_edit(parts: Parts, run_step, steps: int, device, dtype, cuda: bool, se
     gate = torch.sigmoid(parts.cmg(kontext[:1], None, src, region))
     m = tokens_to_map((gate > 0.5).to(dtype), g, g, p)
     clock.mark("cmg")
-    cond = (text, text_mask, kontext, sources, regions, m.repeat(3, 1, 1, 1), flags)  # COND order
+    nb = EDIT_BATCH  # text+image and image-only branches; the "neither" branch has weight 0 at image guidance 1
+    cond = tuple(t[:nb] for t in (text, text_mask, kontext, sources, regions, m.repeat(3, 1, 1, 1), flags))  # COND order
     x = torch.randn(1, cfg.latent_channels, h, h, generator=torch.Generator().manual_seed(seed)).to(device)
     sig = sigmas(steps)
     for i in range(steps):
-        v = run_step(x.repeat(3, 1, 1, 1), torch.full((3,), sig[i], device=device), *cond)
-        v = v[2:3] + 1.5 * (v[1:2] - v[2:3]) + 3.0 * (v[0:1] - v[1:2])
+        v = run_step(x.repeat(nb, 1, 1, 1), torch.full((nb,), sig[i], device=device), *cond)
+        v = v[1:2] + TEXT_GUIDANCE * (v[0:1] - v[1:2])
         x = x + (sig[i + 1] - sig[i]) * v
     clock.mark("decoder")
     parts.codec.decode(x.to(dtype))
@@ -348,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=None, help="timed full edits per variant (default 10; quick 2)")
     p.add_argument("--step-repeats", type=int, default=None, help="timed decoder steps per variant (default 100; quick 5)")
     p.add_argument("--budget-s", type=float, default=400.0, help="stop starting new variants after this many seconds (default 400)")
-    p.add_argument("--all-batches", action="store_true", help="also compile for batch 1 (compiled modes time batch 3 only by default)")
+    p.add_argument("--all-batches", action="store_true", help="also compile for batch 1 (compiled modes time the edit batch, 2, only by default)")
     p.add_argument("--quick", action="store_true", help="smoke test: eager (and CUDA graphs on GPUs) only, few repeats")
     p.add_argument("--bundle", type=Path, action="append", default=None, help="bundle(s) for ONNX Runtime GPU (default: engines/default/int8)")
     args = p.parse_args(argv)
@@ -403,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         try:
             with torch.inference_mode():
-                for batch in ((3, 1) if mode in ("eager", "cudagraph") or args.all_batches else (3,)):
+                for batch in ((EDIT_BATCH, 1) if mode in ("eager", "cudagraph") or args.all_batches else (EDIT_BATCH,)):
                     cond = conditioning(parts, batch, device, dtype)
                     h = shape.latent_size
                     example = (torch.randn(batch, shape.latent_channels, h, h, device=device),
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["step"].append({"variant": name, "mode": mode, "dtype": dname, "batch": batch,
                                            "ms": stats, "build_s": build_s, "tflops": flops / stats["median"] / 1e9,
                                            "gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None})
-                    if batch == 3:  # the full edit runs its steps at the guidance batch, with this runner
+                    if batch == EDIT_BATCH:  # the full edit runs its steps at the guidance batch, with this runner
                         full_edit(parts, fn, args.steps, device, dtype, cuda)  # warm-up
                         runs = [full_edit(parts, fn, args.steps, device, dtype, cuda, seed=i + 2) for i in range(repeats)]
                         result["edit"].append({"variant": name, "mode": mode, "dtype": dname, "steps": args.steps,
