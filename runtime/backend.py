@@ -130,25 +130,18 @@ def choose(requested: str, bundle: Bundle) -> Choice:
     providers = _ort_providers()
     if "CUDAExecutionProvider" in providers:
         return Choice("ort-cuda", "a CUDA build of ONNX Runtime is installed and no TensorRT engines were built for this bundle")
-    # CPUs: measured on two 2-core AMD EPYC machines (benchmarks/results/cpu-2core: AVX2 only;
-    # cpu-2core-avx512: AVX-512 with VNNI), 20-step edits of the shipped bundles. ONNX Runtime was
-    # as fast or faster everywhere except dense FP32 bundles on the AVX2 CPU, where OpenVINO was
-    # 1.41x faster (258 vs 364 ms).
-    ov_wins = bundle.precision == "fp32" and not bundle.has_region and not cpu_has_int8_dot()
-    if _installed("openvino") and ov_wins:
-        return Choice("ov-cpu", "no GPU backend; on CPUs without VNNI/AMX OpenVINO ran dense FP32 edits 1.41x faster "
-                                "than ONNX Runtime (benchmarks/results/cpu-2core)")
-    if bundle.precision == "int8":
-        why = ("its integer GEMMs ran INT8 edits fastest on both CPUs measured, with and without VNNI "
-               "(benchmarks/results/cpu-2core*)")
-    elif bundle.has_region:
-        why = "it ran region-decoder edits at least as fast as OpenVINO on both CPUs measured (benchmarks/results/cpu-2core*)"
-    elif not ov_wins:
-        why = "on CPUs with VNNI/AMX it ran dense FP32 edits faster than OpenVINO (benchmarks/results/cpu-2core-avx512)"
-    else:
-        why = ("OpenVINO is not installed (pip install openvino: on this kind of CPU it ran dense FP32 edits 1.41x "
-               "faster, and auto would pick it)")
-    return Choice("ort-cpu", f"no GPU backend; ONNX Runtime on the CPU: {why}")
+    if _installed("openvino"):
+        if bundle.precision == "int8" and not cpu_has_int8_dot():
+            return Choice("ort-cpu", "no GPU backend; this CPU has no INT8 dot-product instructions (VNNI/AMX), where "
+                                     "OpenVINO ran the Q/DQ INT8 decoder no faster than FP32 and ONNX Runtime's integer "
+                                     "GEMMs ran it 1.4x faster (benchmarks/results/cpu-2core)")
+        return Choice("ov-cpu", "no GPU backend is available and OpenVINO is installed; on CPUs it ran this kind of DiT "
+                                "faster than ONNX Runtime (1.25x FP32, about 2x on Q/DQ INT8 with VNNI: see deployment notes)")
+    if bundle.precision == "int8" and not cpu_has_int8_dot():
+        return Choice("ort-cpu", "no GPU backend; ONNX Runtime on the CPU (the choice here even with OpenVINO installed: "
+                                 "this CPU has no INT8 dot-product instructions, VNNI/AMX)")
+    return Choice("ort-cpu", "no GPU backend and no OpenVINO (pip install openvino, which auto prefers on CPUs); "
+                             "using ONNX Runtime on the CPU")
 
 
 INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")  # x86 VNNI / AMX, Arm dot product

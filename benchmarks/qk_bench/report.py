@@ -152,7 +152,15 @@ def int8_breakdown(results: list[dict], backend_peak: dict) -> str | None:
     ratio = (backend_peak.get("int8") or 0) / (backend_peak.get("fp32") or 1)
     return (f"ONNX Runtime's profiles (ms per batch-{prof['int8'].get('batch', 3)} call): matrix products {pf:.1f} -> {pi:.1f} ({pf / pi:.2f}x), "
             f"all other ops {rf:.1f} -> {ri:.1f} ({rf / ri:.2f}x); the INT8 GEMM peak is {ratio:.2f}x the FP32 one on this "
-            f"CPU (AVX2, no VNNI)") if pi and ri else None
+            f"CPU ({'with' if _has_int8_dot() else 'no'} INT8 dot-product instructions, VNNI/AMX)") if pi and ri else None
+
+
+def _has_int8_dot() -> bool:
+    try:
+        from qk_runtime.backend import cpu_has_int8_dot
+    except ImportError:
+        return False
+    return cpu_has_int8_dot()
 
 
 def targets(rows: list[dict], results: list[dict], default_backend: dict, paired: dict | None = None,
