@@ -155,9 +155,6 @@ def test_shipped_int8_bundle_edit_is_bit_equal(tmp_path):
     with EditSession(DEFAULT_INT8, backend="ort-cpu", threads=1, weight_only_fusion=True) as ref_session:
         ref = ref_session.edit(image, "make the red square blue", box=(5, 5, 30, 30), steps=3, seed=7)
     assert np.array_equal(out["edited"], ref.image)
-    with EditSession(DEFAULT_INT8, backend="ort-cpu", threads=1) as own:  # the runtime's own path: a few levels off
-        assert np.abs(own.edit(image, "make the red square blue", box=(5, 5, 30, 30), steps=3, seed=7).image.astype(int)
-                      - ref.image.astype(int)).max() <= 8
 
 
 def test_repo_session_sets_up_what_edit_session_does(fp32_repo, reference):
