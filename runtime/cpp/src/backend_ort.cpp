@@ -87,7 +87,8 @@ public:
             const nlohmann::json& g = bundle.manifest["graphs"][name];
             std::string precision = g.is_object() && g.contains("precision") && g["precision"].is_string()
                                         ? g["precision"].get<std::string>() : bundle.precision;
-            if (name == "text_encoder" && precision == "int8") weight_only_.insert(name);
+            for (const char* w : kWeightOnlyInt8Graphs)
+                if (name == w && precision == "int8") weight_only_.insert(name);
         }
     }
 

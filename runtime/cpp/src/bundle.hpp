@@ -18,6 +18,8 @@ constexpr int kFormatVersion = 3;     // 3: the decoder's per-edit conditioning 
                                       // 2: the text encoder's token axis is dynamic
 constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
+// graphs INT8 bundles store weight-only (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS)
+inline const char* const kWeightOnlyInt8Graphs[] = {"text_encoder"};
 
 struct Dims {
     int image_size = 0, latent_channels = 0, factor = 0, patch = 0, max_length = 0, text_width = 0,
