@@ -4,6 +4,7 @@ machine's measured limit beside them, in one run (so that ratios hold on a noisy
 examples:
   qk-bench                                  # the shipped checkpoint, every configuration, ~25 min on 2 cores
   qk-bench --quick                          # a few minutes: fewer repeats, one region size, no window/compile
+  qk-bench --rounds 3 --no-scaling          # every configuration 3 times, interleaved; targets from the median round
   qk-bench --configs 'ort-*,torch-fp32-eager' --no-scaling
   qk-bench --prepare-only                   # export the bundles into the cache and stop
   qk-bench --model runs/small/final --machine my-laptop --json out.json
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-modes", type=_words, default=None, help="dense,window,region (default all three; quick dense,region)")
     p.add_argument("--peak-size", type=int, default=None, help="side of the square MatMul measuring the peak (default 1024; quick 768)")
     p.add_argument("--import-repeats", type=int, default=None, help="fresh interpreters per import-time probe (default 5; quick 2)")
+    p.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="run every configuration N times, round-robin (A B C, A B C, ...), so that drifting load hits "
+                        "all of them alike; targets are the median round's (default 1)")
     p.add_argument("--timeout-s", type=int, default=900, help="limit per configuration process in seconds (default 900)")
     p.add_argument("--prepare-only", action="store_true", help="export the bundles into the cache and stop")
     return p
@@ -94,7 +98,7 @@ def options_from(args: argparse.Namespace):
     return Options(model=args.model, machine=args.machine, out_dir=args.out_dir, json_path=args.json, cache=args.cache,
                    quick=args.quick, threads=args.threads, steps=args.steps, configs=args.configs,
                    calib_samples=args.calib_samples, weight_bits=args.weight_bits, scaling=not args.no_scaling,
-                   timeout_s=args.timeout_s, prepare_only=args.prepare_only, **base)
+                   timeout_s=args.timeout_s, prepare_only=args.prepare_only, rounds=args.rounds, **base)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     if args.quality_n is not None and args.quality_n < 0:
         return _error("--quality-n must be >= 0")
-    for name in ("repeats", "micro_repeats", "threads", "steps", "calib_samples", "timeout_s", "import_repeats", "peak_size"):
+    for name in ("repeats", "micro_repeats", "threads", "steps", "calib_samples", "timeout_s", "import_repeats", "peak_size",
+                 "rounds"):
         value = getattr(args, name)
         if value is not None and value < 1:
             return _error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -130,11 +135,22 @@ def _error(msg: str) -> int:
     return 2
 
 
+def _spread(target: dict) -> str:
+    """' median of 3 (4.80-5.60x)' for a target taken from several rounds, else ''."""
+    values = [v for v in target.get("rounds") or [] if v is not None]
+    if len(values) < 2:
+        return ""
+    lo, hi = min(values), max(values)
+    span = f"{lo * 100:.0f}-{hi:.0%}" if target["target"] == "best_fraction_of_peak" else f"{lo:.2f}-{hi:.2f}x"
+    return f" median of {len(values)} ({span})"
+
+
 def summary(doc: dict) -> str:
+    from .report import target_value
+
     parts = [f"{len(doc['configs'])} rows from {len(doc['per_config'])} configurations in {doc['run']['wall_s'] / 60:.1f} min"]
     for t in doc["targets"]:
-        val = f"{t['measured']:.0%}" if t["target"] == "best_fraction_of_peak" else f"{t['measured']:.2f}x"
-        parts.append(f"{t['target']} {val} ({'met' if t['met'] else 'missed'})")
+        parts.append(f"{t['target']} {target_value(t['target'], t['measured'])}{_spread(t)} ({'met' if t['met'] else 'missed'})")
     if doc.get("failed"):
         parts.append(f"{len(doc['failed'])} failed")
     parts.append("wrote " + ", ".join(Path(p).name for p in doc.get("written", [])))

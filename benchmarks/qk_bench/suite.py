@@ -5,7 +5,8 @@
 3. import time (`python -c "import qk_runtime"`, fresh interpreters) and the machine's peak
    (`peak.py`), in this run so that they see the same load as the configurations;
 4. every configuration in its own process (`worker.py`), the torch reference first (the others
-   compare their images with its outputs);
+   compare their images with its outputs), then the decoder graphs side by side; with `rounds` > 1
+   all of that again, round-robin, timing only (quality is measured in round 1);
 5. scaling points (`scaling.py`), each in its own process;
 6. the report: `bench.json`, `bench.md`, `bench.png`, `scaling.json`, `scaling.png`.
 
@@ -71,6 +72,7 @@ class Options:
     import_repeats: int = 5
     timeout_s: int = 900
     prepare_only: bool = False
+    rounds: int = 1  # every configuration this many times, round-robin; targets from the median round
     log: object = field(default=print, compare=False)
 
     @property
@@ -160,8 +162,9 @@ def run(opts: Options) -> dict:
     if not (model / "model.safetensors").is_file() or not (model / "hyperparameters.yaml").is_file():
         raise BenchError(f"--model {model} is not a checkpoint folder (needs model.safetensors and hyperparameters.yaml); "
                          f"pass the folder qk-train wrote (its final/), e.g. engines/default/checkpoint")
-    if opts.threads < 1 or opts.steps < 1 or opts.repeats < 1:
-        raise BenchError(f"--threads, --steps and --repeats must be >= 1 (got {opts.threads}, {opts.steps}, {opts.repeats})")
+    if opts.threads < 1 or opts.steps < 1 or opts.repeats < 1 or opts.rounds < 1:
+        raise BenchError(f"--threads, --steps, --repeats and --rounds must be >= 1 "
+                         f"(got {opts.threads}, {opts.steps}, {opts.repeats}, {opts.rounds})")
     machine = describe(opts.machine)
     _say(opts, f"qk-bench: {summary_line(machine)}")
     try:
@@ -216,25 +219,13 @@ def _measure(opts: Options, model: Path, machine: dict, configs: list[BenchConfi
     peak_spec = {"kind": "peak", "shapes": shapes, "threads": opts.threads, "repeats": 4 if opts.quick else 10}
     peak_start = run_worker(peak_spec, run_dir, "peak-start", opts.timeout_s)
 
-    results = []
-    reference = run_dir / "reference.npz"
-    for c in _progress(configs, "configurations"):
-        spec = {"kind": "config", "config": c.to_dict(), "checkpoint": str(model),
-                "bundle": str(folders[c.bundle_variant]) if c.bundle_variant else None,
-                "threads": opts.threads, "steps": opts.steps, "repeats": opts.repeats, "fractions": list(opts.fractions),
-                "micro_repeats": opts.micro_repeats, "reference": str(reference), "quality_n": opts.quality_n,
-                "write_reference": c.engine == "torch" and not c.compile}
-        r = run_worker(spec, run_dir, c.name, opts.timeout_s)
-        r.setdefault("config", c.to_dict())
-        results.append(r)
-        _say(opts, _config_line(c, r))
-
-    paired = None
+    results = _config_round(opts, model, configs, folders, run_dir, 1)
     entries = paired_entries(configs, results, folders)
-    if entries:
-        _say(opts, f"qk-bench: {len(entries)} decoder graphs side by side")
-        paired = run_worker({"kind": "paired", "entries": entries, "threads": opts.threads, "batch": edit_batch(folders),
-                             "rounds": 10 if opts.quick else 30}, run_dir, "paired", opts.timeout_s)
+    paired = _paired_round(opts, entries, folders, run_dir, 1)
+    later = []  # rounds 2..N: the same workers in the same order, so that drifting load hits every configuration alike
+    for k in range(2, opts.rounds + 1):
+        results_k = _config_round(opts, model, configs, folders, run_dir, k)
+        later.append((results_k, _paired_round(opts, entries, folders, run_dir, k)))
     peak_end = run_worker(peak_spec, run_dir, "peak-end", opts.timeout_s)
     peak = combine_peaks(peak_start, peak_end)
 
@@ -256,7 +247,42 @@ def _measure(opts: Options, model: Path, machine: dict, configs: list[BenchConfi
     settings = {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
                 for k, v in opts.__dict__.items() if k != "log"}
     return assemble(machine=machine, settings=settings, imports=imports, info=info, peak=peak, results=results,
-                    skipped=skipped, bundle_info=bundle_info, scaling=scaling, paired=paired)
+                    skipped=skipped, bundle_info=bundle_info, scaling=scaling, paired=paired, rounds=later or None)
+
+
+def _config_round(opts: Options, model: Path, configs: list[BenchConfig], folders: dict, run_dir: Path,
+                  k: int) -> list[dict]:
+    """Every configuration once, in order. Round 1 measures quality too; later rounds time only."""
+    if opts.rounds > 1:
+        _say(opts, f"qk-bench: round {k} of {opts.rounds}")
+    results = []
+    reference = run_dir / "reference.npz"
+    desc = "configurations" if opts.rounds == 1 else f"configurations, round {k}/{opts.rounds}"
+    for c in _progress(configs, desc):
+        spec = {"kind": "config", "config": c.to_dict(), "checkpoint": str(model),
+                "bundle": str(folders[c.bundle_variant]) if c.bundle_variant else None,
+                "threads": opts.threads, "steps": opts.steps, "repeats": opts.repeats, "fractions": list(opts.fractions),
+                "micro_repeats": opts.micro_repeats, "reference": str(reference),
+                "quality_n": opts.quality_n if k == 1 else 0,
+                "write_reference": c.engine == "torch" and not c.compile}
+        # a name per round: its own spec/result files, and an empty OpenVINO compile cache (cold starts stay cold)
+        r = run_worker(spec, run_dir, _round_name(c.name, k), opts.timeout_s)
+        r.setdefault("config", c.to_dict())
+        results.append(r)
+        _say(opts, _config_line(c, r, k if opts.rounds > 1 else None))
+    return results
+
+
+def _paired_round(opts: Options, entries: list[dict], folders: dict, run_dir: Path, k: int) -> dict | None:
+    if not entries:
+        return None
+    _say(opts, f"qk-bench: {len(entries)} decoder graphs side by side" + (f" (round {k})" if opts.rounds > 1 else ""))
+    return run_worker({"kind": "paired", "entries": entries, "threads": opts.threads, "batch": edit_batch(folders),
+                       "rounds": 10 if opts.quick else 30}, run_dir, _round_name("paired", k), opts.timeout_s)
+
+
+def _round_name(name: str, k: int) -> str:
+    return name if k == 1 else f"{name}.round{k}"
 
 
 def paired_entries(configs: list[BenchConfig], results: list[dict], folders: dict) -> list[dict]:
@@ -312,14 +338,15 @@ def combine_peaks(start: dict, end: dict) -> dict:
     return out
 
 
-def _config_line(c: BenchConfig, r: dict) -> str:
+def _config_line(c: BenchConfig, r: dict, k: int | None = None) -> str:
+    head = f"qk-bench: {c.name}" + (f" (round {k})" if k else "")
     if "error" in r:
-        return f"qk-bench: {c.name}: error: {r['error']}"
+        return f"{head}: error: {r['error']}"
     rows = r.get("fractions") or []
     mid = next((x for x in rows if abs(x["fraction"] - 0.25) < 1e-9), rows[0] if rows else None)
     if mid is None:
-        return f"qk-bench: {c.name}: no rows"
+        return f"{head}: no rows"
     q = r.get("quality") or {}
     success = f", success {q['edit_success']:.2f}" if q.get("edit_success") is not None else ""
-    return (f"qk-bench: {c.name}: edit {mid['edit_ms']['median']:.0f} ms (region {mid['fraction']:.0%}), step "
+    return (f"{head}: edit {mid['edit_ms']['median']:.0f} ms (region {mid['fraction']:.0%}), step "
             f"{mid['decoder_step_ms']['median']:.1f} ms, peak RSS {r['peak_rss_mb']:.0f} MB{success}")

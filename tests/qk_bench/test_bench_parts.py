@@ -1,5 +1,5 @@
 """The pieces of qk-bench that need no model: region boxes, summaries, configuration choice, the
-peak graphs, and the CLI's errors."""
+peak graphs, the CLI's errors, and the targets of repeated rounds."""
 from __future__ import annotations
 
 import importlib.util
@@ -99,3 +99,101 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["--repeats", "0"]) == 2
     assert "--repeats must be >= 1" in capsys.readouterr().err
     assert main(["--regions", "0,25"]) == 2  # argparse: a region of 0 % is refused
+    assert main(["--rounds", "0"]) == 2
+    assert "--rounds must be >= 1" in capsys.readouterr().err
+
+
+def _target(key: str, value: float | None) -> dict:
+    from qk_bench.report import TARGETS
+
+    return {"target": key, "what": key, "measured": value, "goal": TARGETS[key],
+            "met": None if value is None else value >= TARGETS[key], "detail": f"figures {value}"}
+
+
+def test_median_round_targets_odd_count():
+    from qk_bench.report import median_round_targets
+
+    rounds = [[_target("best_vs_torch", 5.6), _target("region25_vs_dense", 2.6), _target("best_fraction_of_peak", 0.5)],
+              [_target("best_vs_torch", 4.8), _target("best_fraction_of_peak", 0.3)],  # round 2 lacks the region target
+              [_target("best_vs_torch", 5.2), _target("region25_vs_dense", 2.4), _target("best_fraction_of_peak", 0.45)]]
+    out = {t["target"]: t for t in median_round_targets(rounds)}
+    assert list(out) == ["best_vs_torch", "region25_vs_dense", "best_fraction_of_peak"]
+    t = out["best_vs_torch"]
+    assert (t["measured"], t["round"], t["rounds"], t["met"]) == (5.2, 3, [5.6, 4.8, 5.2], True)
+    assert t["detail"] == "median of 3 rounds (5.60x, 4.80x, 5.20x), round 3's figures: figures 5.2"
+    r = out["region25_vs_dense"]  # two values: the lower one, which misses the goal that round 1 met
+    assert (r["measured"], r["round"], r["rounds"], r["met"]) == (2.4, 3, [2.6, None, 2.4], False)
+    assert r["detail"].startswith("median of 2 of 3 rounds (2.60x, –, 2.40x), round 3's")
+    f = out["best_fraction_of_peak"]
+    assert (f["measured"], f["round"], f["met"]) == (0.45, 3, True) and "(50%, 30%, 45%)" in f["detail"]
+    assert rounds[2][0]["detail"] == "figures 5.2" and "rounds" not in rounds[2][0]  # the rounds' own entries stay as they were
+
+
+@pytest.mark.parametrize("values, chosen", [([5.1, 4.9], (4.9, 2)), ([5.6, 4.8, 5.2, 4.9], (4.9, 4)),
+                                            ([5.0, 5.0], (5.0, 1)), ([4.0], (4.0, 1))])
+def test_median_round_targets_even_count_takes_the_lower_middle(values, chosen):
+    from qk_bench.report import median_round_targets
+
+    (t,) = median_round_targets([[_target("best_vs_torch", v)] for v in values])
+    assert (t["measured"], t["round"]) == chosen and t["rounds"] == values
+    assert t["met"] is (chosen[0] >= 5.0)
+
+
+def _fake_result(name: str, sparse: str, ms: float, engine: str = "runtime") -> dict:
+    """What a config worker returns, as far as `flatten` and `targets` read it (no bundle: no FLOPs, no peak)."""
+    def stat(v: float, n: int) -> dict:
+        return {"median": v, "p90": v, "p99": v, "n": n}
+
+    config = {"name": name, "engine": engine, "backend": "torch" if engine == "torch" else "ort-cpu", "precision": "fp32",
+              "sparse": sparse, "compile": False, "peer": False}
+    row = {"fraction": 0.25, "box_fraction": 0.25, "active_tokens": 8 if sparse == "region" else None,
+           "edit_ms": stat(ms, 4), "stages_ms": {"decoder": stat(0.8 * ms, 4)}, "decoder_step_ms": stat(ms / 25, 80)}
+    return {"config": config, "edit_batch": 2, "fractions": [row]}
+
+
+def _fake_round(torch_ms: float, dense_ms: float, region_ms: float) -> list[dict]:
+    return [_fake_result("torch-fp32-eager", "dense", torch_ms, engine="torch"),
+            _fake_result("ort-fp32-dense", "dense", dense_ms), _fake_result("ort-fp32-region", "region", region_ms)]
+
+
+def _assemble(results: list[dict], rounds=None) -> dict:
+    from qk_bench.report import assemble
+
+    machine = {"id": "test", "cpu_model": "cpu", "cpu_cores": 2, "cpu_flags_key": [], "memory_gb": 1, "gpu": None,
+               "versions": {}, "load_average_at_start": [0.0]}
+    settings = {"steps": 20, "threads": 2, "repeats": 4, "micro_repeats": 8, "quality_n": 0, "calib_samples": 16}
+    doc = assemble(machine=machine, settings=settings, imports={}, info={}, peak={}, results=results, skipped=[],
+                   bundle_info={}, scaling=None, rounds=rounds)
+    doc["run"]["wall_s"] = 60.0
+    return doc
+
+
+def test_assemble_with_rounds():
+    from qk_bench.cli import summary
+    from qk_bench.report import markdown
+
+    one = _assemble(_fake_round(1000, 200, 100))
+    assert "rounds" not in one and all("rounds" not in t and "round" not in t for t in one["targets"])
+    assert {t["target"]: t["measured"] for t in one["targets"]} == {"best_vs_torch": 10.0, "region25_vs_dense": 2.0}
+    assert "(ratios from this one run)" in markdown(one) and "## Rounds" not in markdown(one)
+
+    # region vs dense: 2.0, 3.0, 2.75 -> round 3; best vs torch: 10, 11.1, 8.3 -> round 1
+    doc = _assemble(_fake_round(1000, 200, 100), rounds=[(_fake_round(1000, 270, 90), None),
+                                                         (_fake_round(1000, 330, 120), None)])
+    assert doc["configs"] == one["configs"]  # the rows stay round 1's
+    assert doc["rounds"]["n"] == 3 and [p["round"] for p in doc["rounds"]["per_round"]] == [1, 2, 3]
+    assert doc["rounds"]["per_round"][1]["edit_ms"] == {"torch-fp32-eager": 1000, "ort-fp32-dense": 270, "ort-fp32-region": 90}
+    assert doc["rounds"]["per_round"][0]["targets"] == one["targets"]
+    targets = {t["target"]: t for t in doc["targets"]}
+    assert (targets["best_vs_torch"]["round"], targets["best_vs_torch"]["measured"]) == (1, 10.0)
+    assert (targets["region25_vs_dense"]["round"], targets["region25_vs_dense"]["measured"]) == (3, 2.75)
+    assert targets["region25_vs_dense"]["met"] is True and targets["region25_vs_dense"]["rounds"] == [2.0, 3.0, 2.75]
+    text = markdown(doc)
+    assert "## Targets (median of 3 interleaved rounds)" in text and "## Rounds" in text
+    assert "| ort-fp32-dense | 200 | 270 | 330 |" in text
+    assert "| 2 | 11.11x | 3.00x | ort-fp32-region 90 |" in text and "| 3 | 8.33x | **2.75x** | ort-fp32-region 120 |" in text
+    assert "region25_vs_dense 2.75x median of 3 (2.00-3.00x) (met)" in summary(doc)
+
+    failed = _assemble(_fake_round(1000, 200, 100), rounds=[([{"config": {"name": "ort-fp32-dense"}, "error": "boom"}], None)])
+    assert failed["failed"] == [{"name": "ort-fp32-dense", "error": "boom", "round": 2}]
+    assert failed["targets"][0]["rounds"] == [10.0, None]

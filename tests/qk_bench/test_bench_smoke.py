@@ -57,8 +57,13 @@ def test_figures_relate_the_configurations(smoke_run):
     assert abs(ort["speedup_vs_torch"] - torch_row["edit_ms_median"] / ort["edit_ms_median"]) < 1e-9
     assert ort["psnr_vs_torch_db"] >= 40  # same model, FP32: within a level or two of the reference
     assert rows["ort-fp32-region"]["active_tokens"] in (4, 8, 12, 16)  # a bucket of the 16 tokens
-    assert {t["target"] for t in doc["targets"]} == {"best_vs_torch", "best_vs_peer", "int8_vs_fp32_step",
-                                                    "region25_vs_dense", "best_fraction_of_peak"}
+    assert {t["target"] for t in doc["targets"]} == {"best_vs_torch", "int8_vs_torch", "best_vs_peer", "int8_vs_peer",
+                                                    "int8_vs_fp32_step", "region25_vs_dense", "best_fraction_of_peak"}
+    int8_rows = [r for r in doc["configs"] if r["precision"] == "int8" and not r["peer"] and r["engine"] != "torch"
+                 and r["region_fraction"] == 0.25]
+    fastest = min(int8_rows, key=lambda r: r["edit_ms_median"])
+    int8_target = next(t for t in doc["targets"] if t["target"] == "int8_vs_torch")
+    assert abs(int8_target["measured"] - fastest["speedup_vs_torch"]) < 1e-9 and fastest["name"] in int8_target["detail"]
     assert doc["peak"]["peak"]["ort-cpu"]["fp32"] > 0 and doc["peak"]["peak"]["ort-cpu"]["int8"] > 0
     assert all(0 < r["fraction_of_peak"] for r in doc["configs"])
     assert all(c["analytic"] == c["counted"] for c in doc["flops_check"]) and doc["flops_check"]
