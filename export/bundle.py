@@ -47,7 +47,16 @@ class ExportError(ValueError):
 
 
 def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, calib_samples: int,
-                    window: int | None) -> None:
+                    window: int | None, float_groups: tuple[str, ...] | None = None) -> None:
+    if float_groups is not None:
+        from .quantize import DEFAULT_FLOAT, float_layers
+
+        if not int8 and tuple(float_groups) != DEFAULT_FLOAT:
+            raise ExportError("--int8-float only applies with --int8 (an FP32 bundle keeps every layer in float)")
+        try:
+            float_layers(float_groups)
+        except ValueError as exc:
+            raise ExportError(f"--int8-float: {exc}") from exc
     if sparse_attn not in SPARSE_MODES:
         raise ExportError(f"--sparse-attn {sparse_attn!r} is not a mode; choose one of {list(SPARSE_MODES)}")
     if int8 and opset < MIN_INT8_OPSET:
@@ -159,7 +168,8 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
                   opset: int = 20, calib_samples: int = 64, window: int | None = None, command: str | None = None,
                   progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None,
-                  format_version: int = FORMAT_VERSION) -> Path:
+                  format_version: int = FORMAT_VERSION, int8_float: tuple[str, ...] | None = None,
+                  int8_strict: bool = True) -> Path:
     """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
 
     `text_encoder_from`: a bundle beside `out` whose text encoder file this bundle uses instead
@@ -168,9 +178,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
 
     `format_version`: an older bundle format (1 or 2: no decoder_cond, the steps take the text),
     for checking that runtimes still read what earlier versions wrote; the CLI always writes the
-    current one."""
+    current one.
+
+    `int8_float`: the groups of layers an INT8 bundle keeps in float (`qk_export.quantize.FLOAT_GROUPS`;
+    default `DEFAULT_FLOAT`, () quantizes every MatMul/Gemm with a weight). `int8_strict` False
+    writes a bundle whose INT8 graphs miss their error bounds, with the miss in the manifest's
+    parity (for measuring what the bounds refuse; the CLI is always strict)."""
     checkpoint, out = Path(checkpoint), Path(out)
-    check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window)
+    check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window,
+                    float_groups=int8_float)
     model = load_model(checkpoint, sparse_attn, window)
     shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
     if not MIN_FORMAT_VERSION <= format_version <= FORMAT_VERSION:
@@ -194,7 +210,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
         if int8:
             from .quantize import quantize_bundle
 
-            int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log, weight_bits=weight_bits)
+            from .quantize import DEFAULT_FLOAT
+
+            int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log, weight_bits=weight_bits,
+                                                        float_groups=DEFAULT_FLOAT if int8_float is None else tuple(int8_float),
+                                                        strict=int8_strict)
             for name, r in int8_report.items():
                 report[name] = {**r, "fp32": report[name]}
                 precision[name] = "int8"

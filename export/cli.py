@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-bits", type=int, default=7, choices=[7, 8],
                    help="INT8 weight range: 7 keeps weights in -63..63, exact in ONNX Runtime on x86 CPUs without VNNI "
                         "(full-range weights saturate there); 8 uses the full range (VNNI/AMX CPUs, TensorRT). Default 7")
+    p.add_argument("--int8-float", type=_groups, default=None, metavar="GROUPS",
+                   help="with --int8: the layer groups kept in float, comma-separated, or none: adaln (timestep embedding "
+                        "and adaLN modulation), io (input and output projections), attention (score and value MatMuls of "
+                        "two activations). Default adaln,io,attention; benchmarks/int8_float_study.py measures each")
     p.add_argument("--text-encoder-from", metavar="BUNDLE", default=None,
                    help="use the text encoder file of this bundle (beside --out) instead of writing a copy; the manifest "
                         "records its path, sha256 and precision (the shipped fp32 bundle shares int8's)")
@@ -46,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", metavar="BUNDLE", help="only recompute the sha256 of every file of an existing bundle")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    words = tuple(w.strip() for w in text.split(",") if w.strip())
+    return () if words == ("none",) else words
 
 
 def _error(msg: str) -> int:
@@ -115,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         out = export_bundle(model, args.out, int8=args.int8, sparse_attn=args.sparse_attn, opset=args.opset,
                             calib_samples=args.calib_samples, window=args.window, command=command_line(argv),
                             progress=not args.quiet, weight_bits=args.weight_bits,
-                            text_encoder_from=args.text_encoder_from)
+                            text_encoder_from=args.text_encoder_from, int8_float=args.int8_float)
     except ExportError as exc:
         return _error(str(exc))
     except (ParityError, ReadinessError) as exc:

@@ -82,7 +82,7 @@ def _broken_checkpoint(src, dst, **changes):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "preset_name", "bad_config", "int8_opset10",
-                                  "bad_window", "out_is_not_a_bundle"])
+                                  "bad_window", "out_is_not_a_bundle", "int8_float_unknown", "int8_float_without_int8"])
 def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "bundle"
     model = str(tiny_checkpoint)
@@ -101,6 +101,10 @@ def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path,
         extra, expect = ["--int8", "--opset", "10"], "--opset 13"
     elif case == "bad_window":
         extra, expect = ["--sparse-attn", "window", "--window", "3"], "must divide the token grid"
+    elif case == "int8_float_unknown":
+        extra, expect = ["--int8", "--int8-float", "adaln,norms"], "unknown INT8 float group(s) 'norms'; choose from adaln, io, attention"
+    elif case == "int8_float_without_int8":
+        extra, expect = ["--int8-float", "none"], "--int8-float only applies with --int8"
     elif case == "out_is_not_a_bundle":
         out.mkdir()
         (out / "notes.txt").write_text("keep me")

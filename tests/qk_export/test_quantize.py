@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from qk_export.bundle import ExportError, export_bundle
-from qk_export.quantize import _quantize_weight, weight_levels
+from qk_export.quantize import FLOAT_GROUPS, _quantize_weight, attention_matmuls, float_layers, quantize_graph, weight_levels
 from qk_runtime import EditSession
 
 
@@ -110,3 +110,40 @@ def test_region_bundle_stores_the_decoder_weights_once(bundles):
     assert spans["decoder"] <= spans["decoder_region"]  # every dense weight is shared, none copied
     size = (folder / "decoder.weights").stat().st_size
     assert size < 1.1 * sum(n for _, n in spans["decoder_region"])
+
+
+def _dq_fed(proto):
+    dq_out = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    return {n.name: [i in dq_out for i in n.input[:2]] for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")}
+
+
+def test_float_groups_choose_what_stays_float(bundles, tmp_path):
+    """`--int8-float none` quantizes the adaLN, input/output projections and the attention products
+    (both inputs) that the default keeps float; the Q/DQ stays symmetric and ONNX Runtime runs it."""
+    assert float_layers(("adaln", "io", "attention")) == float_layers(("attention", "io", "adaln"))
+    with pytest.raises(ValueError, match="unknown INT8 float group"):
+        float_layers(("adaln", "bias"))
+    fp32 = bundles["fp32"] / "decoder.onnx"
+    proto = onnx.load(str(fp32))
+    products = attention_matmuls(proto)
+    assert products
+    rng = np.random.default_rng(1)
+    sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    feeds = [_feeds(sess, rng, batch=2) for _ in range(2)]
+    default_frags, default_attention = float_layers(("adaln", "io", "attention"))
+    kept = quantize_graph(fp32, tmp_path / "default.onnx", feeds, ("MatMul", "Gemm"), default_frags["decoder"],
+                          exclude_attention=default_attention)
+    assert set(products) <= set(kept) and any("/ada/" in k for k in kept) and any("/final/" in k for k in kept)
+    none_frags, none_attention = float_layers(())
+    kept_none = quantize_graph(fp32, tmp_path / "none.onnx", feeds, ("MatMul", "Gemm"), none_frags.get("decoder", ()),
+                               exclude_attention=none_attention)
+    assert not set(products) & set(kept_none)
+    fed = _dq_fed(onnx.load(str(tmp_path / "none.onnx")))
+    assert all(fed[p] == [True, True] for p in products)  # both activations of every attention product
+    named = [n for n in fed if any(f in n for f in FLOAT_GROUPS["adaln"]["decoder"] + FLOAT_GROUPS["io"]["decoder"])]
+    assert any("/ada/" in n for n in named) and any("/final/" in n for n in named)
+    assert all(fed[n][0] for n in named), [n for n in named if not fed[n][0]]
+    out = ort.InferenceSession(str(tmp_path / "none.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+    ref = sess.run(None, feeds[0])[0]
+    assert np.abs(out - ref).mean() < 0.1 * ref.std()  # calibrated on these very inputs: close, not equal
+    assert np.abs(out - ref).max() > 0
