@@ -53,6 +53,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=CHOICES, default="auto", help="backend (default auto: the fastest available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="write per-stage timings (milliseconds) to this JSON file")
+    p.add_argument("--spin", action="store_true",
+                   help="ONNX Runtime backends: idle threads spin between ops instead of sleeping (about 15%% faster "
+                        "steps on a dedicated 2-core CPU; on a shared CPU they steal cycles from other work). Default off")
+
+
+def _spin(args) -> dict:
+    return {"spinning": True} if args.spin else {}
 
 
 def _report(prog: str, session, result, args) -> None:
@@ -109,7 +116,7 @@ def edit_main(argv: list[str] | None = None) -> int:
         from .session import EditSession
 
         _image_format(args.out)  # fail before the work, not after
-        with EditSession(args.bundle, backend=args.backend, threads=args.threads) as session:
+        with EditSession(args.bundle, backend=args.backend, threads=args.threads, **_spin(args)) as session:
             result = session.edit(args.image, args.instruction, args.box, steps=args.steps, seed=args.seed,
                                   text_guidance=args.text_guidance, image_guidance=args.image_guidance, sparse=args.sparse)
             save_image(result.image, args.out)
@@ -129,7 +136,7 @@ def generate_main(argv: list[str] | None = None) -> int:
         from .session import EditSession
 
         _image_format(args.out)
-        with EditSession(args.bundle, backend=args.backend, threads=args.threads) as session:
+        with EditSession(args.bundle, backend=args.backend, threads=args.threads, **_spin(args)) as session:
             result = session.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed)
             save_image(result.image, args.out)
             _report("qk-generate", session, result, args)

@@ -173,6 +173,10 @@ class EditSession:
         self.backend_name = choice.name
         self.backend_reason = choice.reason
         log.info("qk_runtime: backend %s (%s)", choice.name, choice.reason)
+        if backend_options.get("spinning") and not choice.name.startswith("ort-"):
+            warnings.warn(f"spinning applies to ONNX Runtime backends (ort-*); {choice.name} keeps its own thread policy "
+                          f"(ask for --backend ort-cpu to spin)", stacklevel=2)
+            backend_options = {k: v for k, v in backend_options.items() if k != "spinning"}
         t0 = time.perf_counter()
         self.backend: Backend = make_backend(choice.name, self.bundle, threads=threads, **backend_options)
         # load now what an edit with the default settings runs; the other decoder loads on first use

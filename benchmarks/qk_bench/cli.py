@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every configuration N times, round-robin (A B C, A B C, ...), so that drifting load hits "
                         "all of them alike; targets are the median round's (default 1)")
     p.add_argument("--timeout-s", type=int, default=900, help="limit per configuration process in seconds (default 900)")
+    p.add_argument("--spin", action="store_true",
+                   help="let idle threads spin between ops in every engine (ONNX Runtime allow_spinning, torch "
+                        "OMP_WAIT_POLICY=ACTIVE; OpenVINO keeps its own policy): lower latency on a dedicated CPU, "
+                        "wasted cycles and erratic times on a shared one. Default: threads sleep")
     p.add_argument("--prepare-only", action="store_true", help="export the bundles into the cache and stop")
     return p
 
@@ -98,7 +102,8 @@ def options_from(args: argparse.Namespace):
     return Options(model=args.model, machine=args.machine, out_dir=args.out_dir, json_path=args.json, cache=args.cache,
                    quick=args.quick, threads=args.threads, steps=args.steps, configs=args.configs,
                    calib_samples=args.calib_samples, weight_bits=args.weight_bits, scaling=not args.no_scaling,
-                   timeout_s=args.timeout_s, prepare_only=args.prepare_only, rounds=args.rounds, **base)
+                   timeout_s=args.timeout_s, prepare_only=args.prepare_only, rounds=args.rounds,
+                   spin=args.spin, **base)
 
 
 def main(argv: list[str] | None = None) -> int:

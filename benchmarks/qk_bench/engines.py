@@ -186,10 +186,13 @@ class TorchEngine:
 
 
 class RuntimeEngine:
-    def __init__(self, bundle: Path, *, backend: str, threads: int, steps: int, sparse: str, precision_hint: str | None = None):
+    def __init__(self, bundle: Path, *, backend: str, threads: int, steps: int, sparse: str, precision_hint: str | None = None,
+                 spinning: bool = False):
         from qk_runtime import EditSession
 
         options = {"precision": precision_hint} if precision_hint else {}
+        if spinning:
+            options["spinning"] = True
         self.session = EditSession(bundle, backend=backend, threads=threads, **options)
         self.steps = steps
         self.sparse = sparse

@@ -372,7 +372,10 @@ def assemble(*, machine, settings, imports, info, peak, results, skipped, bundle
                 "notes": [
                     "CPU timings: time.perf_counter (monotonic); every configuration in its own process, one after another, in one run",
                     f"INT8 bundles calibrated with --calib-samples {settings.get('calib_samples')} (the shipped default used 64)",
-                    "torch workers run with OMP_WAIT_POLICY=PASSIVE: on this shared CPU spinning OpenMP threads made torch 40x slower",
+                    ("--spin: every engine's idle threads spin (ONNX Runtime allow_spinning=1, torch OMP_WAIT_POLICY=ACTIVE)"
+                     if settings.get("spin") else
+                     "idle threads sleep: ONNX Runtime allow_spinning=0, torch OMP_WAIT_POLICY=PASSIVE (on a shared CPU "
+                     "spinning OpenMP threads made torch 40x slower); --spin measures a dedicated CPU"),
                     "cpu_share: the share of its threads' cores a worker got (the rest went to other work on the machine)",
                     "p99 of fewer than 100 samples is close to the maximum",
                 ]},

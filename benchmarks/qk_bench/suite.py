@@ -73,6 +73,7 @@ class Options:
     timeout_s: int = 900
     prepare_only: bool = False
     rounds: int = 1  # every configuration this many times, round-robin; targets from the median round
+    spin: bool = False  # idle threads spin: ONNX Runtime allow_spinning, torch OMP_WAIT_POLICY=ACTIVE (a dedicated CPU)
     log: object = field(default=print, compare=False)
 
     @property
@@ -89,25 +90,26 @@ def quick_options(**overrides) -> dict:
     return base
 
 
-def worker_env(run_dir: Path, name: str) -> dict:
+def worker_env(run_dir: Path, name: str, spin: bool = False) -> dict:
     env = dict(os.environ)
     # workers import this very qk_bench, whatever the installed package maps (an editable install
     # made from another checkout would otherwise hide it)
     here = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    env["OMP_WAIT_POLICY"] = env.get("OMP_WAIT_POLICY", "PASSIVE")  # torch's OpenMP threads must not spin on a shared CPU
+    # torch's OpenMP threads must not spin on a shared CPU; with --spin every engine's threads do
+    env["OMP_WAIT_POLICY"] = "ACTIVE" if spin else env.get("OMP_WAIT_POLICY", "PASSIVE")
     env["QK_RUNTIME_CACHE"] = str(run_dir / "runtime-cache" / name)  # an empty OpenVINO compile cache: cold starts are cold
     return env
 
 
-def run_worker(spec: dict, run_dir: Path, name: str, timeout_s: int) -> dict:
+def run_worker(spec: dict, run_dir: Path, name: str, timeout_s: int, spin: bool = False) -> dict:
     """Run `python -m qk_bench.worker` on `spec`; its result, or {"error": ...}."""
     spec_path, out_path = run_dir / f"{name}.spec.json", run_dir / f"{name}.out.json"
     spec_path.write_text(json.dumps(spec))
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, "-m", "qk_bench.worker", str(spec_path), str(out_path)],
-                              capture_output=True, text=True, timeout=timeout_s, env=worker_env(run_dir, name), check=False)
+                              capture_output=True, text=True, timeout=timeout_s, env=worker_env(run_dir, name, spin), check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s} s (raise --timeout-s)"}
     try:
@@ -263,10 +265,10 @@ def _config_round(opts: Options, model: Path, configs: list[BenchConfig], folder
                 "bundle": str(folders[c.bundle_variant]) if c.bundle_variant else None,
                 "threads": opts.threads, "steps": opts.steps, "repeats": opts.repeats, "fractions": list(opts.fractions),
                 "micro_repeats": opts.micro_repeats, "reference": str(reference),
-                "quality_n": opts.quality_n if k == 1 else 0,
+                "quality_n": opts.quality_n if k == 1 else 0, "spin": opts.spin,
                 "write_reference": c.engine == "torch" and not c.compile}
         # a name per round: its own spec/result files, and an empty OpenVINO compile cache (cold starts stay cold)
-        r = run_worker(spec, run_dir, _round_name(c.name, k), opts.timeout_s)
+        r = run_worker(spec, run_dir, _round_name(c.name, k), opts.timeout_s, opts.spin)
         r.setdefault("config", c.to_dict())
         results.append(r)
         _say(opts, _config_line(c, r, k if opts.rounds > 1 else None))
@@ -278,7 +280,8 @@ def _paired_round(opts: Options, entries: list[dict], folders: dict, run_dir: Pa
         return None
     _say(opts, f"qk-bench: {len(entries)} decoder graphs side by side" + (f" (round {k})" if opts.rounds > 1 else ""))
     return run_worker({"kind": "paired", "entries": entries, "threads": opts.threads, "batch": edit_batch(folders),
-                       "rounds": 10 if opts.quick else 30}, run_dir, _round_name("paired", k), opts.timeout_s)
+                       "rounds": 10 if opts.quick else 30, "spin": opts.spin}, run_dir, _round_name("paired", k),
+                      opts.timeout_s, opts.spin)
 
 
 def _round_name(name: str, k: int) -> str:

@@ -58,7 +58,8 @@ def make_engine(c: BenchConfig, spec: dict):
         return engines.TorchEngine(Path(spec["checkpoint"]), threads=threads, steps=steps, compile=c.compile)
     if c.engine == "runtime":
         return engines.RuntimeEngine(Path(spec["bundle"]), backend=c.backend, threads=threads, steps=steps,
-                                     sparse=c.session_sparse, precision_hint="bf16" if c.precision == "bf16" else None)
+                                     sparse=c.session_sparse, precision_hint="bf16" if c.precision == "bf16" else None,
+                                     spinning=bool(spec.get("spin")) and c.backend.startswith("ort-"))
     if c.engine == "peer":
         return engines.PeerEngine(Path(spec["bundle"]), threads=threads, steps=steps)
     raise ValueError(f"engine {c.engine!r} is not measured by the CPU worker")
@@ -205,7 +206,8 @@ def run_paired(spec: dict) -> dict:
     entries, calls = [], []
     for e in spec["entries"]:
         bundle = open_bundle(e["bundle"], verify=False)
-        backend = make_backend(e["backend"], bundle, threads=int(spec["threads"]))
+        spin = {"spinning": True} if spec.get("spin") and e["backend"].startswith("ort-") else {}
+        backend = make_backend(e["backend"], bundle, threads=int(spec["threads"]), **spin)
         backend.activate([e["graph"]])
         feeds = graph_feeds(bundle.graphs[e["graph"]].inputs, int(e.get("batch") or spec.get("batch", 3)), e.get("active"))
         calls.append((backend, e["graph"], feeds))

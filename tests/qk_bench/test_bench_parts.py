@@ -197,3 +197,16 @@ def test_assemble_with_rounds():
     failed = _assemble(_fake_round(1000, 200, 100), rounds=[([{"config": {"name": "ort-fp32-dense"}, "error": "boom"}], None)])
     assert failed["failed"] == [{"name": "ort-fp32-dense", "error": "boom", "round": 2}]
     assert failed["targets"][0]["rounds"] == [10.0, None]
+
+
+def test_spin_switches_every_engine(tmp_path, monkeypatch):
+    """--spin: torch workers get OMP_WAIT_POLICY=ACTIVE (PASSIVE otherwise, even if the caller's
+    environment left it unset), and the option reaches the run's settings."""
+    from qk_bench.cli import build_parser, options_from
+    from qk_bench.suite import worker_env
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert worker_env(tmp_path, "x")["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert worker_env(tmp_path, "x", spin=True)["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert options_from(build_parser().parse_args(["--spin"])).spin is True
+    assert options_from(build_parser().parse_args([])).spin is False

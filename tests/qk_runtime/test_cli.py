@@ -80,3 +80,36 @@ def test_default_bundle(capsys, image_file, tmp_path):
         return
     bundle = open_bundle(path)  # every file's sha256 equals the manifest's
     assert bundle.precision == "int8"
+
+
+def test_spin_reaches_onnx_runtime_and_gives_the_same_image(fp32_bundle, image_file, tmp_path, monkeypatch):
+    """`--spin` only changes how ONNX Runtime's idle threads wait: the session is built with
+    allow_spinning=1 and the edit is the same image as without it."""
+    from qk_runtime import backend_ort
+
+    seen = []
+    real = backend_ort.OrtBackend.__init__
+
+    def spy(self, *a, **kw):
+        real(self, *a, **kw)
+        seen.append(self.spinning)
+
+    monkeypatch.setattr(backend_ort.OrtBackend, "__init__", spy)
+    outs = []
+    for extra in ([], ["--spin"]):
+        out = tmp_path / f"o{len(outs)}.png"
+        assert edit_main(["--bundle", str(fp32_bundle), "--image", str(image_file), "--instruction", "make the red square blue",
+                          "--out", str(out), "--steps", "3", "--backend", "ort-cpu", *extra]) == 0
+        outs.append(np.asarray(Image.open(out)))
+    assert seen == [False, True]
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_spin_on_openvino_warns_and_runs(fp32_bundle, image_file, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    out = tmp_path / "o.png"
+    assert edit_main(["--bundle", str(fp32_bundle), "--image", str(image_file), "--instruction", "make the red square blue",
+                      "--out", str(out), "--steps", "2", "--backend", "ov-cpu", "--spin"]) == 0
+    err = capsys.readouterr().err
+    assert "spinning applies to ONNX Runtime backends" in err and "--backend ort-cpu" in err
+    assert out.is_file()
