@@ -39,6 +39,13 @@ def _shape_list(profile: dict, key: str) -> str:
     return ",".join(f"{name}:{'x'.join(str(int(d)) for d in p[key])}" for name, p in profile.items())
 
 
+# Graphs whose sessions spin with `spinning=True`: the ones called back to back in the denoising
+# loop. Every session has its own thread pool; when all of them spun, the once-per-edit graphs'
+# idle threads kept spinning into the next graph's run and, on 2 cores, an edit took 1.6x longer
+# (qk-bench --spin, benchmarks/results/cpu-2core/spin/).
+SPIN_GRAPHS = ("decoder", "decoder_region")
+
+
 class OrtBackend(Backend):
     def __init__(self, bundle: Bundle, *, provider: str = "cpu", threads: int | None = None,
                  cache_dir: str | Path | None = None, fp16: bool = True, spinning: bool = False,
@@ -88,6 +95,8 @@ class OrtBackend(Backend):
             opts = self._make_options()
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
             return opts
+        if self.spinning and graph in SPIN_GRAPHS:
+            return self._make_options(spin=True)
         return self._options
 
     def activate(self, graphs: list[str] | None = None) -> None:
@@ -101,7 +110,7 @@ class OrtBackend(Backend):
         for graph in graphs:
             self._session(graph)
 
-    def _make_options(self):
+    def _make_options(self, spin: bool = False):
         ort = self._ort
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -111,8 +120,9 @@ class OrtBackend(Backend):
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         # Idle worker threads sleep instead of spinning: on a CPU shared with other work (an app,
-        # a training job) spinning threads steal its cycles and make latency erratic.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
+        # a training job) spinning threads steal its cycles and make latency erratic. With
+        # `spinning`, only the denoising loop's graphs spin (SPIN_GRAPHS).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         return opts
 
     def _session(self, graph: str):

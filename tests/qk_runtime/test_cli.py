@@ -105,6 +105,22 @@ def test_spin_reaches_onnx_runtime_and_gives_the_same_image(fp32_bundle, image_f
     assert np.array_equal(outs[0], outs[1])
 
 
+def test_only_the_denoising_loop_spins(fp32_bundle):
+    """Every ONNX Runtime session has its own thread pool: spinning is set on the graphs the loop
+    calls back to back, the once-per-edit graphs keep sleeping (all spinning made edits slower)."""
+    from qk_runtime import EditSession
+    from qk_runtime.backend_ort import SPIN_GRAPHS
+
+    key = "session.intra_op.allow_spinning"
+    with EditSession(fp32_bundle, backend="ort-cpu", spinning=True) as s:
+        for graph in s.bundle.graphs:
+            s.backend._session(graph)  # sessions are made lazily: make each one
+        spins = {g: sess.get_session_options().get_session_config_entry(key) for g, sess in s.backend.sessions.items()}
+    assert {g for g, v in spins.items() if v == "1"} == set(SPIN_GRAPHS) & set(spins) and "decoder" in spins
+    with EditSession(fp32_bundle, backend="ort-cpu") as s:
+        assert all(sess.get_session_options().get_session_config_entry(key) == "0" for sess in s.backend.sessions.values())
+
+
 def test_spin_on_openvino_warns_and_runs(fp32_bundle, image_file, tmp_path, capsys):
     pytest.importorskip("openvino")
     out = tmp_path / "o.png"

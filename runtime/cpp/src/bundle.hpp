@@ -20,6 +20,9 @@ constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
 // graphs INT8 bundles store weight-only (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS)
 inline const char* const kWeightOnlyInt8Graphs[] = {"text_encoder"};
+// graphs whose ONNX Runtime sessions spin with SessionOptions::spinning: the denoising loop's
+// (runtime/backend_ort.py SPIN_GRAPHS; the other sessions' spinning pools slowed edits on 2 cores)
+inline const char* const kSpinGraphs[] = {"decoder", "decoder_region"};
 
 struct Dims {
     int image_size = 0, latent_channels = 0, factor = 0, patch = 0, max_length = 0, text_width = 0,
