@@ -208,9 +208,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
         check_fp32(report)
         quantization = None
         if int8:
-            from .quantize import quantize_bundle
-
-            from .quantize import DEFAULT_FLOAT
+            from .quantize import DEFAULT_FLOAT, quantize_bundle
 
             int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log, weight_bits=weight_bits,
                                                         float_groups=DEFAULT_FLOAT if int8_float is None else tuple(int8_float),

@@ -1,7 +1,8 @@
 """ONNX Runtime backend: the CPU, CUDA or TensorRT execution provider.
 
 Session options: all graph optimizations, `threads` intra-op threads (ONNX Runtime's default,
-one per core, when None), sequential execution, and no thread spinning unless `spinning=True`;
+one per core, when None), sequential execution, and no thread spinning unless `spinning=True`
+(then only in the denoising loop's graphs, `SPIN_GRAPHS`);
 on the CPU, Q/DQ fusion off for weight-only INT8 graphs (`contract.WEIGHT_ONLY_INT8_GRAPHS`).
 
 The CUDA and TensorRT providers run through I/O binding: the inputs are bound from host memory

@@ -54,8 +54,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: all cores)")
     p.add_argument("--json", type=Path, default=None, help="write per-stage timings (milliseconds) to this JSON file")
     p.add_argument("--spin", action="store_true",
-                   help="ONNX Runtime backends: idle threads spin between ops instead of sleeping (about 15%% faster "
-                        "steps on a dedicated 2-core CPU; on a shared CPU they steal cycles from other work). Default off")
+                   help="ONNX Runtime backends: idle threads spin between ops instead of sleeping in the denoising loop "
+                        "(about 10%% faster edits on a dedicated 2-core CPU; on a shared CPU they steal cycles from other work). Default off")
 
 
 def _spin(args) -> dict:
