@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -191,13 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     steps = step_times(bundles, args.rounds, 5, args.threads)
     for row in rows:
         row["steps"] = steps[row["name"]]
+    from qk_bench.machine import describe, summary_line
     from qk_runtime.bundle import open_bundle
     from qk_runtime.sampler import edit_branches
 
     first = open_bundle(next(iter(bundles.values())))
     doc = {"checkpoint": str(args.model), "n": args.n, "split": "val", "seed": args.seed, "threads": args.threads,
            "rounds": args.rounds, "batch": edit_branches(first.sampler.image_guidance),
-           "machine": f"{args.machine} ({platform.processor() or platform.machine()}, {_cpu_name()})",
+           "machine": f"{args.machine}: {summary_line(describe(args.machine))}",
            "stderr_points": 100 * (0.25 / args.n) ** 0.5, "rows": rows, "wall_min": (time.perf_counter() - t0) / 60}
     out_dir = args.out_dir or REPO / "benchmarks" / "results" / args.machine
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,16 +205,6 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "int8_float_study.md").write_text(markdown(doc))
     print(markdown(doc))
     return 0
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
