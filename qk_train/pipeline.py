@@ -30,12 +30,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from qk_runtime.contract import REGION_BUCKETS
 from qk_runtime.noise import portable_normal
 from qk_runtime.sampler import edit_branches
 
 from .models.unified import QKModel
 
-BUCKET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+BUCKET_FRACTIONS = REGION_BUCKETS  # the region decoder's token-count buckets (qk_runtime.contract)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs
+from .contract import FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs
 from .errors import BundleError
 
 FORMAT = "qk-bundle"
@@ -55,7 +55,7 @@ class SamplerConfig:
     gate_threshold: float | None  # None: the soft gate is used as is
     gen_guidance: float | None = None  # generation's guidance; None (bundles before it): text_guidance
     shift: float = 1.0
-    region_buckets: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    region_buckets: tuple[float, ...] = LEGACY_REGION_BUCKETS
     halo: int = 1
     codec: str | None = None
 
@@ -252,7 +252,7 @@ def _sampler(manifest: dict, where: str) -> SamplerConfig:
             gate_threshold=None if thr is None else float(thr),
             gen_guidance=float(s["gen_guidance"]) if s.get("gen_guidance") is not None else None,
             shift=float(s.get("shift", 1.0)),
-            region_buckets=tuple(float(b) for b in s.get("region_buckets", (0.25, 0.5, 0.75, 1.0))),
+            region_buckets=tuple(float(b) for b in s.get("region_buckets", LEGACY_REGION_BUCKETS)),
             halo=int(s.get("halo", 1)),
             codec=s.get("codec"),
         )

@@ -44,7 +44,7 @@ from tokenizers import Tokenizer
 
 from .backend import Backend, choose, make_backend
 from .bundle import Bundle, open_bundle
-from .contract import STEP_CONDITION
+from .contract import REGION_BUCKETS, STEP_CONDITION
 from .errors import BundleError, InputError
 from .inputs import check_box, check_text, load_image, resize_rgb, scale_box
 from .noise import portable_normal
@@ -124,7 +124,7 @@ def bucket_size(count: int, total: int, fractions) -> int:
 
 
 def active_token_indices(active: np.ndarray, grid_h: int, grid_w: int, halo: int = 1,
-                         fractions=(0.25, 0.5, 0.75, 1.0)) -> np.ndarray:
+                         fractions=REGION_BUCKETS) -> np.ndarray:
     """Token indices the region decoder runs on: the active tokens, every token within `halo`
     (Chebyshev distance on the token grid), then the nearest others (ties by index) until the
     count reaches a bucket size. Sorted int64. With no active token, the first bucket's tokens."""

@@ -56,7 +56,7 @@ def test_figures_relate_the_configurations(smoke_run):
     assert torch_row["speedup_vs_torch"] == 1.0
     assert abs(ort["speedup_vs_torch"] - torch_row["edit_ms_median"] / ort["edit_ms_median"]) < 1e-9
     assert ort["psnr_vs_torch_db"] >= 40  # same model, FP32: within a level or two of the reference
-    assert rows["ort-fp32-region"]["active_tokens"] in (4, 8, 12, 16)  # a bucket of the 16 tokens
+    assert rows["ort-fp32-region"]["active_tokens"] in (2, 4, 6, 8, 10, 12, 14, 16)  # a bucket (eighths) of the 16 tokens
     assert {t["target"] for t in doc["targets"]} == {"best_vs_torch", "int8_vs_torch", "best_vs_peer", "int8_vs_peer",
                                                     "int8_vs_fp32_step", "region25_vs_dense", "best_fraction_of_peak"}
     int8_rows = [r for r in doc["configs"] if r["precision"] == "int8" and not r["peer"] and r["engine"] != "torch"

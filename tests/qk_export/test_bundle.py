@@ -53,7 +53,17 @@ def test_sampler_settings_are_the_reference_pipelines(bundles):
     keys = ("steps", "text_guidance", "image_guidance", "gate_threshold", "gen_guidance")
     assert tuple(s[k] for k in keys) == tuple(pipe[k] for k in keys)
     assert s["scheduler"] == "FlowMatchEulerDiscreteScheduler" and s["shift"] == 1.0 and s["codec"] == "pixel"
-    assert s["region_buckets"] == [0.25, 0.5, 0.75, 1.0] and s["halo"] == 1
+    assert s["region_buckets"] == [k / 8 for k in range(1, 9)] and s["halo"] == 1
+
+
+def test_region_profile_holds_every_bucket(bundles):
+    """TensorRT refuses a shape outside the profile: the smallest and the largest bucket must fit."""
+    m = _manifest(bundles["int8_region"])
+    n = m["dims"]["image_size"] // m["dims"]["factor"] // m["dims"]["patch"]
+    n *= n
+    sizes = [int(round(n * f)) for f in m["sampler"]["region_buckets"]]
+    profile = m["graphs"]["decoder_region"]["profile"]["active"]
+    assert profile["min"][1] <= min(sizes) and profile["max"][1] == max(sizes) == n
 
 
 def test_runtime_opens_every_variant(bundles):

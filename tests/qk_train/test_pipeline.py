@@ -48,6 +48,12 @@ def test_active_tokens_are_bucketed_with_a_halo():
     idx = active_token_indices(gate, 8, 8)
     assert len(idx) == 16 and 27 in idx and {18, 19, 20, 26, 28, 34, 35, 36} <= set(idx.tolist())
     assert len(active_token_indices(np.ones(64, bool), 8, 8)) == 64
+    gate = np.zeros((8, 8), bool)
+    gate[3:5, 3:6] = True  # 2 x 3 tokens: with the halo 4 x 5 = 20, padded to the next eighth of 64
+    idx = active_token_indices(gate.reshape(-1), 8, 8)
+    halo = np.zeros((8, 8), bool)
+    halo[2:6, 2:7] = True
+    assert len(idx) == 24 and set(np.flatnonzero(halo).tolist()) <= set(idx.tolist())
 
 
 @pytest.mark.parametrize("box", [(5, 5, 5, 9), (9, 5, 4, 9), (-1, 0, 4, 4), (0, 0, 33, 4), ("a", 0, 1, 1)])

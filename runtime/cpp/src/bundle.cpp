@@ -296,7 +296,8 @@ std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bo
         std::vector<TensorSpec> in = step;
         in.push_back(TensorSpec{"active", DType::I64, {B, axis("active")}});
         auto ranges = batch3;
-        ranges["active"] = {std::max(1LL, n / 4), n >= 4 ? n / 4 : 1, n};
+        // contract.py: min the smallest region bucket (an eighth, n / 8 <= round(n / 8)), opt a quarter
+        ranges["active"] = {std::max(1LL, n / 8), std::max(1LL, n / 4), n};
         add("decoder_region", in, {velocity}, ranges);
     }
     return g;

@@ -60,7 +60,7 @@ struct SamplerConfig {
     double text_guidance = 3.0, image_guidance = 1.5;
     std::optional<double> gate_threshold;  // unset: the soft gate is used as is
     double shift = 1.0;
-    std::vector<double> region_buckets{0.25, 0.5, 0.75, 1.0};
+    std::vector<double> region_buckets{0.25, 0.5, 0.75, 1.0};  // a manifest without them: quarters (contract.py LEGACY_REGION_BUCKETS)
     int halo = 1;
 };
 
