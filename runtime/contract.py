@@ -36,7 +36,8 @@ MAX_BATCH = 3
 # edit's active tokens plus their halo are padded to the smallest that holds them, so that engines
 # with static shapes see a few sizes only. Eighths since session 7: on 150 val edits of the shipped
 # model (64 tokens) the mean count fell from 32.9 (quarters) to 29.7 and the INT8 region edit's
-# denoising loop got 9 % faster, success unchanged within noise (500 val edits: 0.614 vs 0.618).
+# denoising loop got 3 % faster (paired median; medians 178 -> 169 ms), success within noise
+# (500 val edits: 0.612 vs 0.618). benchmarks/results/cpu-2core/region_buckets.md
 # Exports write these into the manifest (`sampler.region_buckets`); a bundle is run with its own.
 REGION_BUCKETS = tuple(k / 8 for k in range(1, 9))
 # what a manifest without `region_buckets` was written with
