@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         row["steps"] = steps[row["name"]]
     from qk_bench.machine import describe, summary_line
+    from qk_bench.report import write_study
     from qk_runtime.bundle import open_bundle
     from qk_runtime.sampler import edit_branches
 
@@ -199,11 +200,7 @@ def main(argv: list[str] | None = None) -> int:
            "rounds": args.rounds, "batch": edit_branches(first.sampler.image_guidance),
            "machine": f"{args.machine}: {summary_line(describe(args.machine))}",
            "stderr_points": 100 * (0.25 / args.n) ** 0.5, "rows": rows, "wall_min": (time.perf_counter() - t0) / 60}
-    out_dir = args.out_dir or REPO / "benchmarks" / "results" / args.machine
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "int8_float_study.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out_dir / "int8_float_study.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_study(args.out_dir or REPO / "benchmarks" / "results" / args.machine, "int8_float_study", doc, markdown(doc))
     return 0
 
 

@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[region_buckets {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     from qk_bench.machine import describe, summary_line
+    from qk_bench.report import write_study
 
     with tempfile.TemporaryDirectory(prefix="qk-buckets-") as tmp:
         folders = {name: variant(args.bundle, name, tokens, Path(tmp)) for name in args.sets}
@@ -158,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
            "n_speed": args.n_speed, "n_quality": args.n_quality, "speed": speeds, "quality": qual,
            "machine": f"{args.machine}: {summary_line(describe(args.machine))}",
            "command": "python benchmarks/region_buckets.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    out_dir = args.out_dir or REPO / "benchmarks" / "results" / args.machine
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "region_buckets.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (out_dir / "region_buckets.md").write_text(markdown(doc))
-    print(markdown(doc))
+    write_study(args.out_dir or REPO / "benchmarks" / "results" / args.machine, "region_buckets", doc, markdown(doc))
     return 0
 
 

@@ -768,3 +768,11 @@ def scaling_chart(scaling: dict, path: Path) -> bool:
     fig.suptitle("scaling with image side and preset (random weights)", fontsize=10)
     _save_png(plt, fig, path)
     return True
+
+
+def write_study(out_dir: Path, stem: str, doc: dict, md: str) -> None:
+    """A study script's figures: `<stem>.json` and `<stem>.md` in `out_dir`, and the table printed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(md)
+    print(md)
