@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from qk_runtime.contract import FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER
+from qk_runtime.contract import FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS, TOKENIZER
 from qk_train import checkpoint as ckpt
 from qk_train.config import ConfigError
 from qk_train.models.unified import QKModel
-from qk_train.pipeline import BUCKET_FRACTIONS, Pipeline, active_token_indices
+from qk_train.pipeline import Pipeline, active_token_indices
 
 from . import __version__
 from .exporter import cleanup_tool, export_onnx, share_weights
@@ -118,7 +118,7 @@ def sampler_settings(model: QKModel) -> dict:
         "gen_guidance": pipe.gen_guidance,
         "gate_threshold": pipe.gate_threshold,
         "noise": "splitmix64-boxmuller-v1",
-        "region_buckets": list(BUCKET_FRACTIONS),
+        "region_buckets": list(REGION_BUCKETS),
         "halo": inspect.signature(active_token_indices).parameters["halo"].default,
         "codec": model.cfg.codec.kind,
     }

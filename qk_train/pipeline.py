@@ -30,13 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from qk_runtime.contract import REGION_BUCKETS
 from qk_runtime.noise import portable_normal
 from qk_runtime.sampler import edit_branches
+# the runtime's rule (buckets qk_runtime.contract.REGION_BUCKETS), so reference and runtimes run the same tokens
+from qk_runtime.session import active_token_indices
 
 from .models.unified import QKModel
-
-BUCKET_FRACTIONS = REGION_BUCKETS  # the region decoder's token-count buckets (qk_runtime.contract)
 
 
 @dataclass
@@ -45,33 +44,6 @@ class PipelineOutput:
     gate: np.ndarray | None = None  # (grid, grid) per-token gate in [0, 1] (edits)
     active_tokens: int | None = None  # tokens the decoder ran on (region mode)
     extras: dict = field(default_factory=dict)
-
-
-def region_bucket(count: int, total: int) -> int:
-    for frac in BUCKET_FRACTIONS:
-        size = int(round(total * frac))
-        if count <= size:
-            return size
-    return total
-
-
-def active_token_indices(gate: np.ndarray, grid_h: int, grid_w: int, halo: int = 1) -> np.ndarray:
-    """Tokens of the active region plus a halo, padded to a bucket by the next-nearest tokens.
-
-    gate: (N,) bool. Returns sorted int64 indices; the count is one of the bucket sizes.
-    """
-    ys, xs = np.divmod(np.arange(grid_h * grid_w), grid_w)
-    act = np.flatnonzero(gate)
-    if act.size == 0:
-        dist = np.full(grid_h * grid_w, 0, dtype=np.int64)  # no region: everything is equally near
-    else:
-        dy = np.abs(ys[:, None] - ys[act][None, :])
-        dx = np.abs(xs[:, None] - xs[act][None, :])
-        dist = np.maximum(dy, dx).min(1)  # Chebyshev distance to the region
-    want = int((dist <= halo).sum()) if act.size else 0
-    size = region_bucket(max(want, 1), grid_h * grid_w)
-    order = np.lexsort((np.arange(dist.size), dist))  # by distance, ties by index
-    return np.sort(order[:size]).astype(np.int64)
 
 
 def box_to_mask(box: tuple[int, int, int, int] | None, side: int) -> np.ndarray:
