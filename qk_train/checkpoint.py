@@ -88,8 +88,12 @@ def new_build_dir(final: Path) -> Path:
 
 
 def _fsync_dir(folder: Path) -> None:
+    """Flush every file of `folder` to disk and give it the usual permissions (safetensors'
+    writer makes its files 0600, which other users of a shared machine could not read)."""
+    mode = 0o666 & ~_umask()
     for p in folder.iterdir():
         if p.is_file():
+            os.chmod(p, mode)
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
 

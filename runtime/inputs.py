@@ -148,5 +148,6 @@ def check_text(text, what: str = "instruction") -> str:
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, not {type(text).__name__}")
     if not text.strip():
-        raise InputError(f"{what} is empty; say what to {'change' if what == 'instruction' else 'draw'}, e.g. 'make the red circle blue'")
+        hint = "change, e.g. 'make the red circle blue'" if what == "instruction" else "draw, e.g. 'a red circle and a blue square'"
+        raise InputError(f"{what} is empty; say what to {hint}")
     return text

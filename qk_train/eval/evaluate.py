@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+from qk_runtime.errors import QKRuntimeError
 
 from ..data.shapeworld import EDIT_KINDS, SPLITS, make_edit, make_generation
 from .metrics import judge_generation, score_edit
@@ -180,6 +181,8 @@ def _progress(iterable, desc=None):
 def summary_line(r: dict) -> str:
     parts = []
     for s, table in r["edit_success"].items():
+        if table["overall"] is None:  # --n 0: generations only
+            continue
         parts.append(f"{s}: overall {table['overall']:.3f} (" + ", ".join(f"{k} {table[k]:.2f}" for k in EDIT_KINDS if table[k] is not None) + f"), drift {r['drift'][s]:.4f}")
     if r.get("gen_accuracy") is not None:
         parts.append(f"gen_accuracy {r['gen_accuracy']:.3f}")
@@ -206,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 0 or (args.gen_n is not None and args.gen_n < 0):
         parser.error("--n and --gen-n must be >= 0")
+    if args.n == 0 and not args.gen_n:
+        parser.error("nothing to evaluate: --n 0 with no --gen-n; give --n N for edits and/or --gen-n N for generations")
     settings = ["no_box"] if args.no_box else ["box"] if args.box_only else list(SETTINGS)
     try:
         if args.inception:  # fail before the generations, not after them
@@ -215,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(Path(args.model), split=args.split, n=args.n, gen_n=args.gen_n, settings=settings, steps=args.steps,
                           seed=args.seed, backend=args.backend, sparse=args.sparse, progress=not args.no_progress,
                           inception=Path(args.inception) if args.inception else None)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, QKRuntimeError) as exc:  # QKRuntimeError: e.g. an unknown or missing backend
         print(f"qk-eval: error: {exc}", file=sys.stderr)
         return 2
     from ..checkpoint import atomic_write_bytes

@@ -83,10 +83,19 @@ class PretrainedTextEncoder(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
         folder = pretrained_folder(cfg)
         self.folder = folder
-        self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        # without transformers' "Loading weights" bar: a local 90 MB load is instant, and the bar
+        # broke `qk-export --quiet` and the one-line output of qk-eval and qk-train
+        shown = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True)
+        finally:
+            if shown:
+                hf_logging.enable_progress_bar()
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)

@@ -134,3 +134,15 @@ def test_api_rejects_unknown_sparse_mode(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match=str(list(SPARSE_MODES)).replace("[", r"\[").replace("]", r"\]")):
         export_bundle(tiny_checkpoint, tmp_path / "b", sparse_attn="dense")
     assert not list(tmp_path.iterdir())
+
+
+def test_the_runtimes_rebuild_hint_is_a_command_qk_export_takes():
+    # the runtime's errors tell users to re-export with this command: its flags must exist
+    import re
+
+    from qk_export.cli import build_parser
+    from qk_runtime.bundle import EXPORT_HINT
+
+    command = re.search(r"qk-export (--[^)]*)", EXPORT_HINT).group(1).split()
+    args = build_parser().parse_args(command)
+    assert args.model == "CKPT" and args.out == "DIR"

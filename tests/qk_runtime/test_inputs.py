@@ -153,3 +153,10 @@ def test_empty_instruction_is_refused(text):
         check_text(text)
     with pytest.raises(InputError, match="must be a string"):
         check_text(None)
+
+
+def test_empty_prompt_hint_is_a_prompt():
+    # a generation's empty prompt is answered with an example prompt, not an edit instruction
+    with pytest.raises(InputError, match=r"prompt is empty; say what to draw, e.g. 'a red circle") as err:
+        check_text(" ", "prompt")
+    assert "make the" not in str(err.value)

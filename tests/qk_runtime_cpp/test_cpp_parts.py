@@ -262,6 +262,9 @@ def test_bundle_checks(cpp_build, fp32_bundle, tmp_path):
         f.write(b"\0")
     out = probe(cpp_build, "bundle", copy, ok=False)
     assert out["error"] == 2 and "decoder.onnx has sha256" in out["message"] and "re-export" in out["message"]
+    from qk_runtime.bundle import EXPORT_HINT
+
+    assert EXPORT_HINT in out["message"]  # the same rebuild command as Python's, with flags qk-export takes
 
     copy2 = Path(shutil.copytree(fp32_bundle, tmp_path / "b2"))
     manifest = json.loads((copy2 / "manifest.json").read_text())

@@ -44,6 +44,21 @@ def test_checkpoint_writes_config_and_reloads_same_outputs(tiny_run):
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
+def test_checkpoint_files_get_the_usual_permissions(tmp_path):
+    # safetensors writes 0600 files; a checkpoint on a shared machine must be readable like any file
+    from qk_train.checkpoint import save_checkpoint
+
+    mask = os.umask(0o022)
+    try:
+        final = save_checkpoint(tmp_path / "ckpt", config_yaml="x: 1\n", weights={"w": torch.zeros(2)},
+                                tokenizer_json="{}", pretrained={}, train_tensors={"t": torch.ones(1)}, train_meta={})
+    finally:
+        os.umask(mask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in final.iterdir()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes
+    assert final.stat().st_mode & 0o777 == 0o755
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     cfg = resolve_config("tiny", ["train.steps=16", "train.checkpoint_every=4"], None)
     Trainer(cfg, tmp_path / "straight", progress=False).run()

@@ -17,7 +17,7 @@ namespace {
 const char* kFormat = "qk-bundle";
 const char* kNoise = "splitmix64-boxmuller-v1";
 const char* kScheduler = "FlowMatchEulerDiscreteScheduler";
-const char* kHint = "re-export it with qk-export (for example: qk-export --checkpoint CKPT --out DIR)";
+const char* kHint = "re-export it with qk-export (for example: qk-export --model CKPT --out DIR)";
 const char* kRequired[] = {"text_encoder", "image_encoder", "image_decoder", "decoder"};
 
 std::string dump(const json& j) { return j.dump(); }

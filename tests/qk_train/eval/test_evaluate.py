@@ -32,3 +32,31 @@ def test_qk_eval_runs_a_bundle_through_the_runtime(tiny_run, tmp_path):
                  "--json", str(out), "--no-progress"]) == 0
     r = json.loads(out.read_text())
     assert set(r["edit_success"]) == {"box"} and 0.0 <= r["edit_success"]["box"]["overall"] <= 1.0
+
+
+def test_qk_eval_with_nothing_to_evaluate_is_refused(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", str(tmp_path), "--n", "0", "--json", str(tmp_path / "r.json")])
+    assert exit_.value.code == 2 and "nothing to evaluate" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_qk_eval_generations_only(tiny_run, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["--model", str(tiny_run / "final"), "--n", "0", "--gen-n", "1", "--steps", "2", "--json", str(out),
+                 "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["n_edits"] == 0 and 0.0 <= r["gen_accuracy"] <= 1.0
+    assert capsys.readouterr().out.startswith("gen_accuracy")
+
+
+def test_qk_eval_unknown_backend_is_a_clear_error(tmp_path, capsys):
+    from qk_train.eval.evaluate import REPO_ROOT
+
+    out = tmp_path / "r.json"
+    assert main(["--model", str(REPO_ROOT / "engines" / "default" / "int8"), "--n", "1", "--backend", "fast",
+                 "--json", str(out), "--no-progress"]) == 2
+    assert "unknown backend 'fast'; choose one of auto" in capsys.readouterr().err
+    assert not out.exists()
