@@ -21,6 +21,7 @@ message says why).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             return _error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.machine):
+        return _error(f"--machine {args.machine!r} names the results folder: use letters, digits, '.', '_' and '-' "
+                      f"only, e.g. cpu-2core or h100-sxm")
     from .suite import BenchError, run
 
     try:
