@@ -87,7 +87,7 @@ def new_build_dir(final: Path) -> Path:
     return build
 
 
-def _fsync_dir(folder: Path) -> None:
+def _finish_files(folder: Path) -> None:
     """Flush every file of `folder` to disk and give it the usual permissions (safetensors'
     writer makes its files 0600, which other users of a shared machine could not read)."""
     mode = 0o666 & ~_umask()
@@ -143,7 +143,7 @@ def save_checkpoint(
         if train_tensors is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in train_tensors.items()}, str(build / STATE_FILE))
             (build / STATE_META).write_text(json.dumps(train_meta or {}, indent=2))
-        _fsync_dir(build)
+        _finish_files(build)
         replace_dir(build, final)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
