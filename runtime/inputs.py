@@ -151,3 +151,16 @@ def check_text(text, what: str = "instruction") -> str:
         hint = "change, e.g. 'make the red circle blue'" if what == "instruction" else "draw, e.g. 'a red circle and a blue square'"
         raise InputError(f"{what} is empty; say what to {hint}")
     return text
+
+
+def check_threads(threads) -> int | None:
+    """None (the backend's default: one per core) or 1 .. this machine's logical CPUs. More
+    threads than CPUs only slow a session down, and an absurd count (100000) made ONNX Runtime
+    start that many threads and use 16 GB before it failed."""
+    if threads is None:
+        return None
+    cpus = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= cpus:
+        raise InputError(f"threads={threads!r}; must be an integer from 1 to {cpus} (this machine's logical CPUs), "
+                         f"or left unset for one per core")
+    return threads

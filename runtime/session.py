@@ -46,7 +46,7 @@ from .backend import Backend, choose, make_backend
 from .bundle import Bundle, open_bundle
 from .contract import REGION_BUCKETS, STEP_CONDITION
 from .errors import BundleError, InputError
-from .inputs import check_box, check_text, load_image, resize_rgb, scale_box
+from .inputs import check_box, check_text, check_threads, load_image, resize_rgb, scale_box
 from .noise import portable_normal
 from .sampler import FlowMatchEulerScheduler, edit_branches
 
@@ -167,6 +167,7 @@ class EditSession:
 
     def __init__(self, bundle_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
                  *, verify: bool = True, **backend_options):
+        threads = check_threads(threads)
         self.bundle: Bundle = open_bundle(bundle_dir if bundle_dir is not None else default_bundle_dir(), verify=verify)
         self.tokenizer = self._load_tokenizer()
         choice = choose(backend, self.bundle)

@@ -167,6 +167,9 @@ def run(opts: Options) -> dict:
     if opts.threads < 1 or opts.steps < 1 or opts.repeats < 1 or opts.rounds < 1:
         raise BenchError(f"--threads, --steps, --repeats and --rounds must be >= 1 "
                          f"(got {opts.threads}, {opts.steps}, {opts.repeats}, {opts.rounds})")
+    if opts.threads > (os.cpu_count() or 1):  # the runtime refuses it (qk_runtime.inputs.check_threads): say so up front
+        raise BenchError(f"--threads {opts.threads}: this machine has {os.cpu_count() or 1} logical CPUs; "
+                         f"pass --threads {os.cpu_count() or 1} or fewer")
     machine = describe(opts.machine)
     _say(opts, f"qk-bench: {summary_line(machine)}")
     try:

@@ -101,6 +101,8 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["--regions", "0,25"]) == 2  # argparse: a region of 0 % is refused
     assert main(["--rounds", "0"]) == 2
     assert "--rounds must be >= 1" in capsys.readouterr().err
+    assert main(["--threads", "100000", "--prepare-only", "--cache", str(tmp_path / "c")]) == 2
+    assert "--threads 100000: this machine has" in capsys.readouterr().err
     assert main(["--machine", "../elsewhere", "--prepare-only"]) == 2  # it names a folder under results/
     assert "--machine '../elsewhere' names the results folder" in capsys.readouterr().err
 

@@ -56,6 +56,8 @@ def test_qk_generate_writes_the_image(fp32_bundle, tmp_path):
     (["--image", "missing.png"], "does not exist"),
     (["--out", "out.tiff2"], "cannot tell the image format"),
     (["--bundle", "no/such/bundle"], "does not exist"),
+    (["--threads", "100000"], "threads=100000; must be an integer from 1 to"),  # was: 100000 threads, 16 GB
+    (["--threads", "0"], "threads=0; must be an integer from 1 to"),
 ])
 def test_qk_edit_errors_are_one_line_with_status_2(fp32_bundle, image_file, tmp_path, capsys, extra, message):
     args = {"--bundle": str(fp32_bundle), "--image": str(image_file), "--instruction": "make it blue",

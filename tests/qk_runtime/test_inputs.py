@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from qk_runtime.errors import InputError
-from qk_runtime.inputs import MAX_PIXELS, check_box, check_text, load_image, scale_box
+from qk_runtime.inputs import MAX_PIXELS, check_box, check_text, check_threads, load_image, scale_box
 
 
 def _png(width: int, height: int, bit_depth: int, colour_type: int, raw: bytes) -> bytes:
@@ -160,3 +160,13 @@ def test_empty_prompt_hint_is_a_prompt():
     with pytest.raises(InputError, match=r"prompt is empty; say what to draw, e.g. 'a red circle") as err:
         check_text(" ", "prompt")
     assert "make the" not in str(err.value)
+
+
+def test_threads_are_unset_or_one_to_the_cpu_count():
+    import os
+
+    cpus = os.cpu_count() or 1
+    assert check_threads(None) is None and check_threads(1) == 1 and check_threads(cpus) == cpus
+    for bad in (0, -1, cpus + 1, 100_000, 1.5, "2", True):
+        with pytest.raises(InputError, match=f"must be an integer from 1 to {cpus}"):
+            check_threads(bad)

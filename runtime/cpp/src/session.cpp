@@ -28,6 +28,7 @@
 #include <cstring>
 #include <mutex>
 #include <numeric>
+#include <thread>
 
 #include "backend.hpp"
 #include "bundle.hpp"
@@ -513,8 +514,20 @@ struct Session::Impl {
     }
 };
 
+namespace {
+// inputs.py check_threads: 0 (ONNX Runtime's default, one per core) or 1 .. this machine's logical
+// CPUs; an absurd count would have ONNX Runtime start that many threads.
+const SessionOptions& checked(const SessionOptions& o) {
+    unsigned cpus = std::max(1u, std::thread::hardware_concurrency());
+    if (o.threads < 0 || static_cast<unsigned>(o.threads) > cpus)
+        throw InputError("threads=" + std::to_string(o.threads) + "; must be an integer from 1 to " + std::to_string(cpus) +
+                         " (this machine's logical CPUs), or 0 for one per core");
+    return o;
+}
+}  // namespace
+
 Session::Session(const std::string& bundle_dir, const SessionOptions& options)
-    : impl_(std::make_unique<Impl>(bundle_dir, options)) {}
+    : impl_(std::make_unique<Impl>(bundle_dir, checked(options))) {}
 Session::~Session() = default;
 Session::Session(Session&&) noexcept = default;
 Session& Session::operator=(Session&&) noexcept = default;

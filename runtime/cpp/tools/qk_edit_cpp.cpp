@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
                 else throw qk::InputError("--sparse " + v + "; choose auto, none or region");
             } else if (a == "--threads") {
                 long long t = parse_int(a, v);
-                if (t < 0 || t > 1024) throw qk::InputError("--threads " + v + "; must be 0 (ONNX Runtime's default) or more");
+                if (t < 0 || t > 1 << 20) throw qk::InputError("--threads " + v + "; must be 0 (one per core) or a number of threads");
                 so.threads = static_cast<int>(t);
             } else if (a == "--backend") so.backend = v;
             else if (a == "--engine-dir") so.engine_dir = v;
