@@ -65,7 +65,7 @@ def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, cali
     lo, hi = OPSET_RANGE
     if not lo <= opset <= hi:
         raise ExportError(f"--opset {opset} is outside {lo}..{hi}, the opsets {TARGET} reads; use 20 (the default)")
-    if int8 and calib_samples < 1:
+    if calib_samples < 1:  # refused without --int8 too: a typo should not pass unnoticed
         raise ExportError(f"--calib-samples {calib_samples}: need at least 1 (32-128 is typical)")
     if window is not None and sparse_attn != "window":
         raise ExportError(f"--window {window} only applies with --sparse-attn window")

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _groups(text: str) -> tuple[str, ...]:
     words = tuple(w.strip() for w in text.split(",") if w.strip())
+    if not words:  # "" or "," would have meant "quantize everything"; that is spelled `none`
+        raise argparse.ArgumentTypeError("no group given; name the groups to keep in float (adaln, io, attention), "
+                                         "or none to quantize every layer")
+    if "none" in words and len(words) > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} mixes none with groups; give either none or groups")
     return () if words == ("none",) else words
 
 
@@ -65,6 +70,8 @@ def _error(msg: str) -> int:
 def _check(bundle: str) -> int:
     from .trt_check import check_bundle
 
+    if not Path(bundle).is_dir():
+        return _error(f"--check {bundle}: no such bundle folder")
     try:
         problems = check_bundle(Path(bundle))
     except (OSError, ValueError, KeyError) as exc:
@@ -78,6 +85,8 @@ def _check(bundle: str) -> int:
 def _verify(bundle: str) -> int:
     from .verify import BundleError, verify_bundle
 
+    if not Path(bundle).is_dir():
+        return _error(f"--verify {bundle}: no such bundle folder")
     try:
         verify_bundle(bundle)
     except BundleError as exc:
@@ -106,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse's own errors exit 2 after printing usage
         return int(exc.code or 0)
-    if args.check:
-        return _check(args.check)
-    if args.verify:
-        return _verify(args.verify)
+    if args.check or args.verify:  # read-only modes; both may be given, the worse status wins
+        if args.out:
+            return _error("--check / --verify only read a bundle; run the export (--out) as a command of its own")
+        codes = ([_check(args.check)] if args.check else []) + ([_verify(args.verify)] if args.verify else [])
+        return max(codes)
     if not args.out:
         return _error("--out BUNDLE is required (or --check / --verify BUNDLE)")
     model = Path(args.model) if args.model else DEFAULT_MODEL

@@ -220,6 +220,9 @@ def _graphs(folder: Path, manifest: dict, dims: Dims, files: dict, where: str) -
             raise BundleError(f"{where}: graph {name!r} must give its 'file'; {EXPORT_HINT}")
         if g["file"] not in files:
             raise BundleError(f"{where}: graph {name!r} file {g['file']!r} has no sha256 in 'files'; {EXPORT_HINT}")
+        if "external_data" in g and g["external_data"] not in files:  # its weights: checked like the graph itself
+            raise BundleError(f"{where}: graph {name!r} external data {g['external_data']!r} has no sha256 in 'files'; "
+                              f"{EXPORT_HINT}")
         inputs = _tensors(g.get("inputs"), f"{where} graph {name!r} inputs")
         outputs = _tensors(g.get("outputs"), f"{where} graph {name!r} outputs")
         for kind, have, want in (("inputs", inputs, spec.inputs), ("outputs", outputs, spec.outputs)):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -24,12 +25,49 @@ from .errors import InputError, QKRuntimeError
 
 
 def _image_format(path: Path) -> str:
+    """The Pillow format --out's extension names, if Pillow can write an RGB image in it."""
     from PIL import Image
 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or fmt not in Image.SAVE:
         raise InputError(f"--out {path}: cannot tell the image format from {path.suffix!r}; use .png, .jpg, .webp or .bmp")
+    try:  # some formats Pillow saves take no RGB (XBM, MSP, ...): find out now, not after the edit
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except Exception as exc:
+        raise InputError(f"--out {path}: Pillow cannot write an RGB image as {fmt} ({exc}); use .png, .jpg, .webp or .bmp") from exc
     return fmt
+
+
+def _check_writable(flag: str, path: Path) -> None:
+    """`path` can be written: not a folder, and its folder (or the nearest existing parent, since
+    missing folders are made) is a writable folder."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {parent} (no permission or a read-only file system); "
+                         f"choose another place")
+
+
+def check_outputs(args) -> None:
+    """Everything about --out and --json that can fail, checked before the work."""
+    _image_format(args.out)
+    _check_writable("--out", args.out)
+    if args.json is not None:
+        _check_writable("--json", args.json)
+        if args.json.absolute() == args.out.absolute():
+            raise InputError(f"--json {args.json} is the --out image; give the timings their own file")
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        atomic_write(path, data)
+    except OSError as exc:  # still possible after check_outputs (a disk that filled up, a folder removed)
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def save_image(image, path: Path) -> None:
@@ -38,11 +76,11 @@ def save_image(image, path: Path) -> None:
     fmt = _image_format(path)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format=fmt)
-    atomic_write(path, buf.getvalue())
+    _write(path, buf.getvalue())
 
 
 def save_json(data: dict, path: Path) -> None:
-    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+    _write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -115,7 +153,7 @@ def edit_main(argv: list[str] | None = None) -> int:
     def work():
         from .session import EditSession
 
-        _image_format(args.out)  # fail before the work, not after
+        check_outputs(args)  # fail before the work, not after
         with EditSession(args.bundle, backend=args.backend, threads=args.threads, **_spin(args)) as session:
             result = session.edit(args.image, args.instruction, args.box, steps=args.steps, seed=args.seed,
                                   text_guidance=args.text_guidance, image_guidance=args.image_guidance, sparse=args.sparse)
@@ -135,7 +173,7 @@ def generate_main(argv: list[str] | None = None) -> int:
     def work():
         from .session import EditSession
 
-        _image_format(args.out)
+        check_outputs(args)
         with EditSession(args.bundle, backend=args.backend, threads=args.threads, **_spin(args)) as session:
             result = session.generate(args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed)
             save_image(result.image, args.out)

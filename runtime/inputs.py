@@ -79,7 +79,7 @@ def load_image(image) -> np.ndarray:
         return _array_to_rgb(image)
     if isinstance(image, Image.Image):
         _check_size(image.width, image.height, "image")
-        return _pil_to_rgb(image)
+        return _pil_to_rgb(ImageOps.exif_transpose(image))  # the EXIF rule holds for an opened image as for a file
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"image must be a file path, a PIL image or a numpy array, not {type(image).__name__}")
     path = Path(image)
@@ -125,7 +125,8 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
                 v = int(v.strip())
             except ValueError as exc:
                 raise InputError(f"box {box!r}: {v!r} is not an integer; {rule}") from exc
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating)) or float(v) != math.floor(float(v)):
+        if (isinstance(v, bool) or not isinstance(v, (int, np.integer, float, np.floating)) or not math.isfinite(float(v))
+                or float(v) != math.floor(float(v))):
             raise InputError(f"box {box!r}: {v!r} is not an integer; {rule}")
         out.append(int(v))
     x0, y0, x1, y1 = out

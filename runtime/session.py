@@ -232,7 +232,7 @@ class EditSession:
         for text, enc in zip(texts, encs):
             if enc.overflowing:
                 warnings.warn(
-                    f"instruction {text[:40]!r}... is longer than the model's {self.bundle.dims.max_length} tokens; "
+                    f"text {text[:40]!r}... (instruction or prompt) is longer than the model's {self.bundle.dims.max_length} tokens; "
                     f"the rest is ignored",
                     UserWarning,
                     stacklevel=5,  # the caller of edit() / generate()

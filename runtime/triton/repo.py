@@ -383,8 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         write_repository(bundle, args.out, backend=args.backend, engines=args.engines, max_batch=args.max_batch,
                          instances=args.instances, device=args.device, copy=args.copy, force=args.force,
                          python_env=args.python_env, command=command)
-    except (QKRuntimeError, OSError) as exc:
+    except QKRuntimeError as exc:
         print(f"qk-triton: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # name --out, not the hidden build folder the errno names
+        print(f"qk-triton: error: cannot write the repository {args.out}: {exc.strerror or exc}; choose a --out where "
+              f"you can write", file=sys.stderr)
         return 2
     return 0
 

@@ -92,7 +92,8 @@ def _broken_checkpoint(src, dst, **changes):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "preset_name", "bad_config", "int8_opset10",
-                                  "bad_window", "out_is_not_a_bundle", "int8_float_unknown", "int8_float_without_int8"])
+                                  "bad_window", "out_is_not_a_bundle", "int8_float_unknown", "int8_float_without_int8",
+                                  "int8_float_empty", "int8_float_none_and_groups", "calib_samples_negative"])
 def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "bundle"
     model = str(tiny_checkpoint)
@@ -115,6 +116,12 @@ def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path,
         extra, expect = ["--int8", "--int8-float", "adaln,norms"], "unknown INT8 float group(s) 'norms'; choose from adaln, io, attention"
     elif case == "int8_float_without_int8":
         extra, expect = ["--int8-float", "none"], "--int8-float only applies with --int8"
+    elif case == "int8_float_empty":  # was taken as "none": every layer quantized, exit 0
+        extra, expect = ["--int8", "--int8-float", ","], "no group given"
+    elif case == "int8_float_none_and_groups":
+        extra, expect = ["--int8", "--int8-float", "none,io"], "mixes none with groups"
+    elif case == "calib_samples_negative":  # refused without --int8 too
+        extra, expect = ["--calib-samples", "-5"], "--calib-samples -5: need at least 1"
     elif case == "out_is_not_a_bundle":
         out.mkdir()
         (out / "notes.txt").write_text("keep me")

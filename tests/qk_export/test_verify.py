@@ -34,3 +34,22 @@ def test_a_missing_or_unlisted_file_is_named(copy):
     (copy / "stray.bin").write_bytes(b"x")
     with pytest.raises(BundleError, match=r"stray\.bin"):
         verify_bundle(copy)
+
+
+def test_check_and_verify_together_report_both(copy, bundles, tmp_path, capsys):
+    # before: --check ran alone and exited 0 while the --verify bundle was damaged
+    data = bytearray((copy / "decoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / "decoder.onnx").write_bytes(bytes(data))
+    assert main(["--check", str(bundles["fp32"]), "--verify", str(copy)]) == 1
+    captured = capsys.readouterr()
+    assert "TensorRT readiness" in captured.out and "decoder.onnx has sha256" in captured.err
+
+
+def test_check_or_verify_of_a_missing_folder_is_a_bad_argument(tmp_path, capsys):
+    for flag in ("--check", "--verify"):
+        assert main([flag, str(tmp_path / "nope")]) == 2
+        assert f"{flag} {tmp_path / 'nope'}: no such bundle folder" in capsys.readouterr().err
+    assert main(["--check", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
+    assert "run the export (--out) as a command of its own" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

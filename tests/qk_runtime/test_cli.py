@@ -57,6 +57,7 @@ def test_qk_generate_writes_the_image(fp32_bundle, tmp_path):
     (["--out", "out.tiff2"], "cannot tell the image format"),
     (["--bundle", "no/such/bundle"], "does not exist"),
     (["--threads", "100000"], "threads=100000; must be an integer from 1 to"),  # was: 100000 threads, 16 GB
+    (["--out", "o.xbm"], "Pillow cannot write an RGB image as XBM"),  # was: the edit ran, then a raw Pillow error
     (["--threads", "0"], "threads=0; must be an integer from 1 to"),
 ])
 def test_qk_edit_errors_are_one_line_with_status_2(fp32_bundle, image_file, tmp_path, capsys, extra, message):
@@ -131,3 +132,24 @@ def test_spin_on_openvino_warns_and_runs(fp32_bundle, image_file, tmp_path, caps
     err = capsys.readouterr().err
     assert "spinning applies to ONNX Runtime backends" in err and "--backend ort-cpu" in err
     assert out.is_file()
+
+
+def test_qk_edit_checks_its_output_paths_before_the_work(fp32_bundle, image_file, tmp_path, capsys):
+    """--json on the --out image, a folder as --out or --json, and a file where a folder should be are
+    refused up front with one line; nothing is written (before: the edit ran, then a raw errno)."""
+    out = tmp_path / "o.png"
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "afile").write_text("mine")
+    base = ["--bundle", str(fp32_bundle), "--image", str(image_file), "--instruction", "make it blue",
+            "--backend", "ort-cpu", "--steps", "2"]
+    for extra, message in [
+        (["--out", str(out), "--json", str(out)], "is the --out image"),
+        (["--out", str(tmp_path / "folder.png")], "is a folder; give a file name"),
+        (["--out", str(out), "--json", str(tmp_path / "folder.png")], "is a folder; give a file name"),
+        (["--out", str(tmp_path / "afile" / "o.png")], "is a file, not a folder"),
+    ]:
+        assert edit_main(base + extra) == 2
+        line = _one_line_error(capsys)
+        assert line.startswith("qk-edit: error:") and message in line, line
+    assert not out.exists() and (tmp_path / "afile").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("afile", "folder.png", image_file.name)]

@@ -170,3 +170,24 @@ def test_threads_are_unset_or_one_to_the_cpu_count():
     for bad in (0, -1, cpus + 1, 100_000, 1.5, "2", True):
         with pytest.raises(InputError, match=f"must be an integer from 1 to {cpus}"):
             check_threads(bad)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), np.float32("nan")])
+def test_non_finite_box_values_are_refused_with_the_rule(value):
+    with pytest.raises(InputError, match="is not an integer; need integers 0 <= x0"):
+        check_box((0, 0, value, 8), 32, 32)
+
+
+def test_exif_orientation_is_applied_to_files_and_opened_images(tmp_path):
+    # a 4x2 picture stored with EXIF orientation 6 (rotate 90 degrees clockwise to view): seen as 2x4
+    img = Image.new("RGB", (4, 2), (200, 0, 0))
+    img.putpixel((0, 0), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    img.save(path, exif=exif, quality=100)
+    from_file = load_image(path)
+    with Image.open(path) as opened:
+        from_pil = load_image(opened)
+    assert from_file.shape == from_pil.shape == (4, 2, 3)
+    np.testing.assert_array_equal(from_file, from_pil)

@@ -163,3 +163,15 @@ def test_bundles_without_generation_guidance_generate_with_the_text_guidance(bun
         a = legacy.generate("a blue square", seed=2, steps=4).image
         b = new.generate("a blue square", seed=2, steps=4, guidance=old.sampler.text_guidance).image
     np.testing.assert_array_equal(a, b)
+
+
+def test_external_weights_missing_from_files_are_refused(region_bundle, tmp_path):
+    # decoder.weights holds both decoders' weights; a manifest that leaves it out of 'files' would
+    # have let a damaged copy run unchecked
+    copy = Path(shutil.copytree(region_bundle, tmp_path / "b"))
+    manifest = json.loads((copy / MANIFEST).read_text())
+    assert manifest["graphs"]["decoder_region"]["external_data"] == "decoder.weights"
+    del manifest["files"]["decoder.weights"]
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"graph '?\w+'? external data 'decoder.weights' has no sha256 in 'files'"):
+        open_bundle(copy)

@@ -264,6 +264,15 @@ def test_missing_bundle(tmp_path, capsys):
     assert not (tmp_path / "repo").exists()
 
 
+def test_unwritable_out_names_out_not_the_build_folder(tmp_path, fp32_bundle, capsys):
+    (tmp_path / "afile").write_text("mine")
+    out = tmp_path / "afile" / "repo"  # a file where the folder should be: the build folder cannot be made
+    assert main(["--bundle", str(fp32_bundle), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qk-triton: error: cannot write the repository {out}: ") and ".tmp" not in err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 def test_existing_out_needs_force_and_must_be_ours(tmp_path, fp32_bundle, capsys):
     out = tmp_path / "repo"
     out.mkdir()

@@ -288,3 +288,13 @@ def test_bundle_checks(cpp_build, fp32_bundle, tmp_path):
     (copy2 / "manifest.json").write_text("{ not json")
     assert "is not valid JSON" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
     assert "does not exist" in probe(cpp_build, "bundle", tmp_path / "nope", ok=False)["message"]
+
+
+def test_external_weights_missing_from_files_are_refused(cpp_build, region_bundle, tmp_path):
+    # as in Python (tests/qk_runtime/test_runtime_bundle.py): the shared decoder.weights must be hashed too
+    copy = Path(shutil.copytree(region_bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["files"]["decoder.weights"]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = probe(cpp_build, "bundle", copy, ok=False)
+    assert out["error"] == 2 and "external data \"decoder.weights\" has no sha256 in 'files'" in out["message"], out

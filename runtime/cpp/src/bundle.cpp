@@ -332,6 +332,10 @@ Bundle open_bundle(const std::string& path, bool verify) {
             throw BundleError(where + ": graph '" + name + "' must give its 'file'; " + kHint);
         if (!g["file"].is_string() || !b.files.count(g["file"].get<std::string>()))
             throw BundleError(where + ": graph '" + name + "' file " + dump(g["file"]) + " has no sha256 in 'files'; " + kHint);
+        if (g.contains("external_data") &&  // its weights: checked like the graph itself
+            (!g["external_data"].is_string() || !b.files.count(g["external_data"].get<std::string>())))
+            throw BundleError(where + ": graph '" + name + "' external data " + dump(g["external_data"]) +
+                              " has no sha256 in 'files'; " + kHint);
         GraphInfo info;
         info.name = name;
         info.file = g["file"];
