@@ -164,11 +164,39 @@ def release(src: Path, dst: Path, dtype: str = "float32") -> Path:
         raise CheckpointError(f"dtype {dtype!r}: use one of {sorted(RELEASE_DTYPES)}")
     if dst.exists() and not (dst / CONFIG_FILE).exists():
         raise CheckpointError(f"{dst} exists and is not a checkpoint; choose a new folder (nothing was written)")
+    if dst.exists() and (is_run_folder(dst) or not (dst / MODEL_FILE).exists()):  # a run folder has a config too
+        raise CheckpointError(f"{dst} is a training run folder (checkpoints/, final/, log.jsonl), which --release would "
+                              f"replace; choose a new folder (nothing was written)")
+    if dst.exists() and (dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents):
+        raise CheckpointError(f"{dst} holds {src} itself; release into a new folder (nothing was written)")
     weights = load_weights(src)
     cast = {k: v.to(RELEASE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
     return save_checkpoint(dst, config_yaml=(src / CONFIG_FILE).read_text(), weights=cast,
                            tokenizer_json=(src / TOKENIZER_FILE).read_text(),
                            pretrained=json.loads((src / PRETRAINED_FILE).read_text()) if (src / PRETRAINED_FILE).exists() else {})
+
+
+def is_run_folder(path: Path) -> bool:
+    """A folder qk-train trains into (as opposed to one checkpoint): it has checkpoints/, final/ or log.jsonl."""
+    return any((Path(path) / name).exists() for name in ("checkpoints", "final", "log.jsonl"))
+
+
+def check_run_folder(out: Path) -> None:
+    """`out` may be trained into: absent, empty, or a run folder qk-train wrote (resumed). A
+    checkpoint or a folder of other files is refused, so that nothing there is overwritten."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CheckpointError(f"--out {out} is a file; give a folder for the run (nothing was written)")
+    if not any(out.iterdir()):
+        return
+    if (out / MODEL_FILE).exists():
+        raise CheckpointError(f"--out {out} is a checkpoint, not a run folder: training there would overwrite its "
+                              f"config; train into a new --out (add --init-from {out} to start from its weights)")
+    if not (out / CONFIG_FILE).exists() and not is_run_folder(out):
+        raise CheckpointError(f"--out {out} holds files qk-train did not write; choose a new or empty folder "
+                              f"(nothing was written)")
 
 
 def check_checkpoint_dir(path: Path, need_state: bool = False) -> Path:

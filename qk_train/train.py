@@ -540,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.train.init_from:
             check_init_source(cfg, Path(cfg.train.init_from))
         out = Path(args.out)
+        ckpt.check_run_folder(out)
         existing = out / "hyperparameters.yaml"
         if existing.exists() and ckpt.latest_checkpoint(out) is not None:
             old = from_dict(yaml.safe_load(existing.read_text()), where=str(existing))

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +177,41 @@ def test_release_refuses_a_folder_that_is_not_a_checkpoint(tiny_run, tmp_path, c
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     assert main(["--release", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_release_never_replaces_a_run_or_its_own_source(tiny_run, tmp_path, capsys):
+    # before: --release RUN/final --out RUN replaced the whole run (checkpoints, log) by the copy
+    import shutil
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["--release", str(run / "final"), "--out", str(run)]) == 2
+    assert "is a training run folder" in capsys.readouterr().err
+    assert main(["--release", str(run / "final"), "--out", str(run / "final")]) == 2
+    assert "holds" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before and (run / "final" / "train_state.json").exists() is False
+    assert main(["--release", str(run / "final"), "--out", str(tmp_path / "rel")]) == 0
+    assert main(["--release", str(run / "final"), "--out", str(tmp_path / "rel"), "--dtype", "float16"]) == 0  # a release is replaced
+
+
+def test_out_must_be_new_empty_or_a_run(tiny_run, tmp_path, capsys):
+    # before: --out on a checkpoint overwrote its config (its weights then no longer loaded); a folder of
+    # other files got the run mixed in
+    import shutil
+
+    ckpt_copy = Path(shutil.copytree(tiny_run / "final", tmp_path / "ckpt"))
+    config = (ckpt_copy / "hyperparameters.yaml").read_text()
+    assert main(["--preset", "small", "--out", str(ckpt_copy), "--max-steps", "1", "--no-progress"]) == 2
+    assert "is a checkpoint, not a run folder" in capsys.readouterr().err
+    assert (ckpt_copy / "hyperparameters.yaml").read_text() == config
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "mine"), "--max-steps", "1", "--no-progress"]) == 2
+    assert "holds files qk-train did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    (tmp_path / "afile").write_text("x")
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "afile"), "--max-steps", "1", "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_init_from_starts_a_new_run_from_a_checkpoints_weights(tiny_run, tmp_path):
