@@ -177,8 +177,12 @@ def _build(cls, values: Any, where: str):
     for name, value in values.items():
         default = getattr(cls(), name) if name not in _SECTIONS else None
         if isinstance(default, tuple) and value is not None:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{where}: {name}={value!r} should be a list like {list(default)!r}")
             if name == "exclude_pairs":
                 value = tuple(tuple(pair) for pair in value)
+            elif default:  # each item of the default's type (buckets: ints, bucket_weights: floats)
+                value = tuple(_coerce(v, default[0], f"{where}: {name} item") for v in value)
             else:
                 value = tuple(value)
         kwargs[name] = _coerce(value, default, f"{where}: {name}")
@@ -249,6 +253,25 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
         if not ok:
             raise ConfigError(f"{where}: {message}")
 
+    positive = {"text.max_length": cfg.text.max_length, "codec.latent_channels": cfg.codec.latent_channels,
+                "gateway.num_queries": cfg.gateway.num_queries, "gateway.layers": cfg.gateway.layers,
+                "gateway.heads": cfg.gateway.heads, "gate.layers": cfg.gate.layers, "gate.heads": cfg.gate.heads,
+                "decoder.width": cfg.decoder.width, "decoder.depth": cfg.decoder.depth, "decoder.heads": cfg.decoder.heads,
+                "decoder.patch": cfg.decoder.patch, "decoder.mlp_ratio": cfg.decoder.mlp_ratio,
+                "data.image_size": cfg.data.image_size, "train.lr": cfg.train.lr, "train.ae_lr": cfg.train.ae_lr,
+                "train.ae_batch_size": cfg.train.ae_batch_size, "train.grad_clip": cfg.train.grad_clip,
+                "train.checkpoint_every": cfg.train.checkpoint_every, "train.log_every": cfg.train.log_every}
+    for name, value in positive.items():  # before any division by them
+        need(value > 0, f"{name}={value} must be > 0")
+    for name in ("warmup", "ae_steps", "weight_decay", "edit_loss_weight", "gen_loss_weight", "gate_loss_weight",
+                 "inside_weight"):
+        need(getattr(cfg.train, name) >= 0, f"train.{name}={getattr(cfg.train, name)} must be >= 0")
+    for name in ("true_gate_prob", "drop_text", "drop_image", "drop_both", "drop_box"):
+        need(0.0 <= getattr(cfg.train, name) <= 1.0, f"train.{name}={getattr(cfg.train, name)} must lie in [0, 1]")
+    need(0.0 <= cfg.train.ema_decay < 1.0, f"train.ema_decay={cfg.train.ema_decay} must lie in [0, 1) (0.999 is usual)")
+    need(bool(cfg.data.buckets), "data.buckets must list at least one training resolution")
+    need(all(w >= 0 for w in cfg.data.bucket_weights) and sum(cfg.data.bucket_weights) > 0,
+         f"data.bucket_weights={list(cfg.data.bucket_weights)} must be >= 0 with a positive sum")
     need(cfg.text.kind in ("pretrained", "tiny"), f"text.kind={cfg.text.kind!r}; use 'pretrained' or 'tiny'")
     need(cfg.codec.kind in ("tiny_ae", "pixel", "pretrained"),
          f"codec.kind={cfg.codec.kind!r}; use 'tiny_ae', 'pixel' or 'pretrained'")

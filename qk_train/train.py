@@ -450,7 +450,11 @@ def resolve_config(preset: str, overrides: list[str], steps: int | None) -> Mode
         parts = key.split(".")
         if len(parts) != 2 or parts[0] not in values or not isinstance(values[parts[0]], dict):
             raise ConfigError(f"--set {item!r}: {key!r} is not section.key; sections: {sorted(k for k in values if k != 'name')}")
-        values[parts[0]][parts[1]] = yaml.safe_load(raw)
+        try:
+            values[parts[0]][parts[1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(exc).splitlines()[0]}); "
+                              f"lists are written [32, 64]") from None
     if steps is not None:
         values["train"]["steps"] = steps
     return from_dict(values, where=f"preset {preset!r} with overrides")
@@ -531,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.max_steps is not None and args.max_steps < 1:
+            raise ConfigError(f"--max-steps {args.max_steps}: must be >= 1 (leave it out to train to the end)")
         if args.init_from:
             args.set = [*args.set, f"train.init_from={args.init_from}"]
         cfg = resolve_config(args.preset, args.set, args.steps)

@@ -182,6 +182,9 @@ def read_edit_manifest(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Ed
         if row.get("box") is not None:
             box = _parse_box(row["box"], where, width, height)
         records.append(EditRecord(source, row["instruction"], target, mask, box, where))
+    if not records:
+        raise DataError(f"{path}: no edit pairs (the file is empty or only blank lines); write one JSON object per line "
+                        f"with \"source\", \"instruction\" and \"target\"")
     return records
 
 
@@ -286,4 +289,6 @@ def read_coco_captions(
             name, image_at = files[image_id]
             loaded[image_id] = _load_rgb(_resolve(folder, name), image_at, "listed", max_pixels)
         records.append(CaptionRecord(loaded[image_id], ann["caption"], at))
+    if not records:
+        raise DataError(f"{path}: no captions (\"annotations\" is empty); add at least one caption")
     return records

@@ -90,6 +90,28 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
         resolve_config("tiny", ["decoder.attn_window=3"], None)
 
 
+
+@pytest.mark.parametrize("override, message", [  # each was a traceback or a silent exit 0 before
+    ("train.lr=-1", "train.lr=-1.0 must be > 0"),
+    ("train.checkpoint_every=0", "train.checkpoint_every=0 must be > 0"),
+    ("decoder.heads=0", "decoder.heads=0 must be > 0"),
+    ("train.ema_decay=2", "train.ema_decay=2.0 must lie in [0, 1)"),
+    ("train.warmup=-5", "train.warmup=-5 must be >= 0"),
+    ("data.buckets=abc", "buckets='abc' should be a list like [48, 64, 80]"),
+    ("data.buckets=[32, x]", "buckets item='x' should be a int"),
+    ("data.buckets=[32,", "the value is not valid YAML"),
+])
+def test_cli_names_a_bad_value_and_writes_nothing(override, message, tmp_path, capsys):
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "x"), "--set", override, "--max-steps", "1"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_refuses_max_steps_below_one(tmp_path, capsys):
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "x"), "--max-steps", "-1"]) == 2
+    assert "--max-steps -1: must be >= 1" in capsys.readouterr().err
+
+
 def test_cli_refuses_resuming_another_config(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["--preset", "tiny", "--out", out, "--steps", "4", "--no-progress"]) == 0

@@ -124,6 +124,16 @@ def test_missing_manifest_file(tmp_path):
         read_edit_manifest(tmp_path / "absent.jsonl")
 
 
+def test_an_empty_manifest_or_caption_file_is_a_data_error(tmp_path):
+    # before: training started and failed with ZeroDivisionError on the first batch
+    (tmp_path / "empty.jsonl").write_text("\n\n")
+    with pytest.raises(DataError, match="no edit pairs"):
+        read_edit_manifest(tmp_path / "empty.jsonl")
+    (tmp_path / "caps.json").write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(DataError, match="no captions"):
+        read_coco_captions(tmp_path / "caps.json")
+
+
 # --------------------------------------------------------------------------- COCO
 
 
