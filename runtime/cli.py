@@ -38,7 +38,7 @@ def _image_format(path: Path) -> str:
     return fmt
 
 
-def _check_writable(flag: str, path: Path) -> None:
+def check_writable(flag: str, path: Path) -> None:
     """`path` can be written: not a folder, and its folder (or the nearest existing parent, since
     missing folders are made) is a writable folder."""
     if path.is_dir():
@@ -56,9 +56,9 @@ def _check_writable(flag: str, path: Path) -> None:
 def check_outputs(args) -> None:
     """Everything about --out and --json that can fail, checked before the work."""
     _image_format(args.out)
-    _check_writable("--out", args.out)
+    check_writable("--out", args.out)
     if args.json is not None:
-        _check_writable("--json", args.json)
+        check_writable("--json", args.json)
         if args.json.absolute() == args.out.absolute():
             raise InputError(f"--json {args.json} is the --out image; give the timings their own file")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+from qk_runtime.cli import check_writable
 from qk_runtime.errors import QKRuntimeError
 
 from ..data.shapeworld import EDIT_KINDS, SPLITS, make_edit, make_generation
@@ -211,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n and --gen-n must be >= 0")
     if args.n == 0 and not args.gen_n:
         parser.error("nothing to evaluate: --n 0 with no --gen-n; give --n N for edits and/or --gen-n N for generations")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        parser.error(f"--steps {args.steps}: must be an integer from 1 to 1000")
+    if args.seed < 0:
+        parser.error(f"--seed {args.seed}: must be >= 0")
+    try:  # before the evaluation, not after it
+        check_writable("--json", Path(args.json))
+    except QKRuntimeError as exc:
+        parser.error(str(exc))
     settings = ["no_box"] if args.no_box else ["box"] if args.box_only else list(SETTINGS)
     try:
         if args.inception:  # fail before the generations, not after them
@@ -225,8 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ..checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
-    print(summary_line(result))
+    print(summary_line(result))  # first: the figures are on screen even if the file cannot be written
+    try:
+        atomic_write_bytes(Path(args.json), (json.dumps(result, indent=2) + "\n").encode())
+    except OSError as exc:
+        print(f"qk-eval: error: cannot write {args.json}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -220,8 +220,16 @@ class QKModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "QKModel":
         path = ckpt.check_checkpoint_dir(Path(path))
-        cfg = from_dict(yaml.safe_load((path / ckpt.CONFIG_FILE).read_text()), where=str(path / ckpt.CONFIG_FILE))
-        tokenizer = Tokenizer.from_str((path / ckpt.TOKENIZER_FILE).read_text())
+        damaged = f"; the checkpoint is damaged: copy it again or use another one (qk-train writes them whole)"
+        try:
+            values = yaml.safe_load((path / ckpt.CONFIG_FILE).read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ckpt.CheckpointError(f"{path / ckpt.CONFIG_FILE} is not valid YAML ({type(exc).__name__}){damaged}") from None
+        cfg = from_dict(values, where=str(path / ckpt.CONFIG_FILE))
+        try:
+            tokenizer = Tokenizer.from_str((path / ckpt.TOKENIZER_FILE).read_text())
+        except Exception as exc:  # tokenizers raises its own exception type
+            raise ckpt.CheckpointError(f"{path / ckpt.TOKENIZER_FILE} is not a tokenizer file ({exc}){damaged}") from None
         model = cls(cfg, tokenizer)
         refs_file = path / ckpt.PRETRAINED_FILE
         if refs_file.exists():
@@ -237,7 +245,12 @@ class QKModel(nn.Module):
                         f"but the installed one has {have}; install the same version of {te.get('package') or te.get('path')}"
                     )
         weights = ckpt.load_weights(path)
-        missing, unexpected = model.load_state_dict(weights, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(weights, strict=False)
+        except RuntimeError as exc:  # tensors of the wrong shape: weights and config from different models
+            first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
+            raise ckpt.CheckpointError(f"{path}/model.safetensors does not match its hyperparameters.yaml ({first}); "
+                                       f"the two files come from different models") from None
         frozen = "text_encoder." if getattr(model.text_encoder, "frozen", False) else "\0"
         missing = [k for k in missing if not k.startswith(frozen)]
         if missing or unexpected:

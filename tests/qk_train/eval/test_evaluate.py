@@ -60,3 +60,28 @@ def test_qk_eval_unknown_backend_is_a_clear_error(tmp_path, capsys):
                  "--json", str(out), "--no-progress"]) == 2
     assert "unknown backend 'fast'; choose one of auto" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_qk_eval_checks_its_arguments_before_evaluating(tiny_run, tmp_path, capsys):
+    import pytest
+
+    (tmp_path / "folder.json").mkdir()
+    for extra, message in [(["--json", str(tmp_path / "folder.json")], "is a folder; give a file name"),
+                           (["--json", str(tmp_path / "r.json"), "--steps", "0"], "--steps 0: must be an integer from 1"),
+                           (["--json", str(tmp_path / "r.json"), "--seed", "-1"], "--seed -1: must be >= 0")]:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--model", str(tiny_run / "final"), "--n", "2", "--no-progress", *extra])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_qk_eval_names_a_damaged_checkpoint(tiny_run, tmp_path, capsys):
+    import shutil
+
+    for name, content, message in [("hyperparameters.yaml", "decoder: [", "is not valid YAML"),
+                                    ("tokenizer.json", "{bad", "is not a tokenizer file")]:
+        ckpt = shutil.copytree(tiny_run / "final", tmp_path / name)
+        (ckpt / name).write_text(content)
+        assert main(["--model", str(ckpt), "--n", "1", "--json", str(tmp_path / "r.json"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "the checkpoint is damaged" in err and "Traceback" not in err
