@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=CHOICES, default="auto", help="backend (default auto: the fastest available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: all cores)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port, 1-65535 (default 8000)")
     p.add_argument("--max-queue", type=int, default=d.max_queue,
                    help=f"requests that may wait behind the running one; more get 503 + Retry-After (default {d.max_queue})")
     p.add_argument("--timeout", type=float, default=d.timeout_s,
@@ -413,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True, help="log every request (default on)")
     return p
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port; use 1-65535")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:

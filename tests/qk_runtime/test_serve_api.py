@@ -346,3 +346,12 @@ def test_qk_serve_errors_are_one_line_with_status_2(capsys, argv, phrase):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and phrase in err, err
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_qk_serve_refuses_a_port_out_of_range(capsys, port):
+    # before: uvicorn's OverflowError traceback
+    with pytest.raises(SystemExit) as exit_:
+        main(["--port", port])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --port" in err and "Traceback" not in err
