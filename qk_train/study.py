@@ -939,6 +939,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.measure and not args.plan:
+        parser.error("--measure only times steps for --plan's estimate; add --plan (or leave --measure out to run the study)")
+    if args.measure < 0:
+        parser.error(f"--measure {args.measure}: must be >= 0")
     if args.n < 1 or args.gen_n < 2 or args.stability_seeds < 1 or args.probe_n < len(EDIT_KINDS):
         parser.error(f"need --n >= 1, --gen-n >= 2 (a covariance for FD-SW), --stability-seeds >= 1 and --probe-n >= {len(EDIT_KINDS)}")
     stability_n = min(args.n, 100) if args.stability_n is None else args.stability_n
@@ -960,6 +964,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.plan:
             print(plan(opts, args.measure))
             return 0
+        from .train import _stop_on_signals
+
+        _stop_on_signals()  # SIGTERM as Ctrl-C: stop with a message, finished arms kept
         study = run_study(opts)
     except (ConfigError, StudyError) as exc:
         print(f"qk-study: error: {exc}", file=sys.stderr)

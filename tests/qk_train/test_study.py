@@ -118,6 +118,10 @@ def test_unknown_arm_and_bad_seeds_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study.main(["--seeds", "0,0"])
     assert "distinct integers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # before: ignored, and the whole study ran
+        study.main(ARGS + ["--out", str(tmp_path / "r"), "--json", str(tmp_path / "s.json"), "--measure", "2"])
+    assert "--measure only times steps for --plan" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_seed_stats_reports_the_spread():
