@@ -258,12 +258,11 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
                 "gateway.heads": cfg.gateway.heads, "gate.layers": cfg.gate.layers, "gate.heads": cfg.gate.heads,
                 "decoder.width": cfg.decoder.width, "decoder.depth": cfg.decoder.depth, "decoder.heads": cfg.decoder.heads,
                 "decoder.patch": cfg.decoder.patch, "decoder.mlp_ratio": cfg.decoder.mlp_ratio,
-                "data.image_size": cfg.data.image_size, "train.lr": cfg.train.lr, "train.ae_lr": cfg.train.ae_lr,
-                "train.ae_batch_size": cfg.train.ae_batch_size, "train.grad_clip": cfg.train.grad_clip,
+                "data.image_size": cfg.data.image_size, "train.ae_batch_size": cfg.train.ae_batch_size, "train.grad_clip": cfg.train.grad_clip,
                 "train.checkpoint_every": cfg.train.checkpoint_every, "train.log_every": cfg.train.log_every}
     for name, value in positive.items():  # before any division by them
         need(value > 0, f"{name}={value} must be > 0")
-    for name in ("warmup", "ae_steps", "weight_decay", "edit_loss_weight", "gen_loss_weight", "gate_loss_weight",
+    for name in ("lr", "ae_lr", "warmup", "ae_steps", "weight_decay", "edit_loss_weight", "gen_loss_weight", "gate_loss_weight",
                  "inside_weight"):
         need(getattr(cfg.train, name) >= 0, f"train.{name}={getattr(cfg.train, name)} must be >= 0")
     for name in ("true_gate_prob", "drop_text", "drop_image", "drop_both", "drop_box"):

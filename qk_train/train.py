@@ -16,6 +16,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -355,6 +356,7 @@ class Trainer:
         if latest is not None:
             self.resume(latest)
             if self.rank == 0:
+                tidy_after_crash(self.out, self.state.stage, self.state.step)
                 print(f"resuming from {latest} ({self.state.stage} step {self.state.step})", file=sys.stderr)
         elif cfg.train.init_from:
             self._init_from(Path(cfg.train.init_from))
@@ -475,6 +477,31 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if name != "cpu":
         raise ConfigError(f"--device {name!r}: use auto, cpu or cuda")
     return torch.device("cpu")
+
+
+def tidy_after_crash(out: Path, stage: str, step: int) -> None:
+    """Before a resume from (stage, step): remove checkpoint folders a killed run left half
+    written, and the log records of steps after the checkpoint (they are trained again, and would
+    otherwise be logged twice)."""
+    for partial in (out / "checkpoints").glob(".step-*.partial"):
+        shutil.rmtree(partial, ignore_errors=True)
+    log_path = out / "log.jsonl"
+    if not log_path.exists():
+        return
+    order = {STAGE_AE: 0, STAGE_MAIN: 1}
+    kept, dropped = [], 0
+    for line in log_path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            later = (order.get(rec["stage"], 0), rec["step"]) > (order[stage], step)
+        except (ValueError, KeyError, TypeError):  # a line cut by the kill: drop it
+            later = True
+        if later:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        ckpt.atomic_write_bytes(log_path, "".join(f"{line}\n" for line in kept).encode())
 
 
 def _interrupt(signum, frame):

@@ -73,6 +73,27 @@ def test_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_resume_after_a_kill_tidies_the_log_and_half_written_checkpoints(tmp_path):
+    # a kill -9 after step 8 of a run checkpointed at 6 leaves log records of steps 7-8 (trained
+    # again on resume) and perhaps a half-written checkpoint folder; before, both stayed
+    cfg = resolve_config("tiny", ["train.steps=10", "train.checkpoint_every=6", "train.log_every=1", "train.ae_steps=2"], None)
+    run = tmp_path / "run"
+    Trainer(cfg, run, progress=False, max_steps=6).run()  # checkpoint at main step 6 (ae stage first)
+    log = run / "log.jsonl"
+    with open(log, "a") as f:
+        f.write(json.dumps({"stage": "main", "step": 7, "loss": 1.0}) + "\n")
+        f.write(json.dumps({"stage": "main", "step": 8, "loss": 1.0}) + "\n")
+        f.write('{"stage": "main", "st')  # the line the kill cut
+    (run / "checkpoints" / ".step-0000008.abc.partial").mkdir()
+    Trainer(cfg, run, progress=False).run()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    keys = [(r["stage"], r["step"]) for r in records]
+    assert len(keys) == len(set(keys)), keys  # every step logged once
+    assert [k for k in keys if k[0] == "main"] == [("main", s) for s in range(1, 11)]
+    assert all("lr" in r for r in records)  # the fake records were dropped, the retrained steps logged
+    assert not list((run / "checkpoints").glob(".*.partial"))
+
+
 def test_interrupted_step_checkpoint_is_atomic(tmp_path):
     cfg = resolve_config("tiny", ["train.steps=8", "train.checkpoint_every=4"], None)
     Trainer(cfg, tmp_path / "run", progress=False).run()
@@ -92,7 +113,7 @@ def test_cli_rejects_bad_config(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("override, message", [  # each was a traceback or a silent exit 0 before
-    ("train.lr=-1", "train.lr=-1.0 must be > 0"),
+    ("train.lr=-1", "train.lr=-1.0 must be >= 0"),
     ("train.checkpoint_every=0", "train.checkpoint_every=0 must be > 0"),
     ("decoder.heads=0", "decoder.heads=0 must be > 0"),
     ("train.ema_decay=2", "train.ema_decay=2.0 must lie in [0, 1)"),
