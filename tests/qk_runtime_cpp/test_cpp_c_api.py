@@ -64,7 +64,9 @@ def test_example_program(cpp_build, fp32_bundle, scene_png, tmp_path):
     for bad, words in [(["--box", "6,8,5,20"], "inverted or empty"), (["--box", "1,2,3"], "four integers"),
                        (["--box", "a,2,3,4"], "not an integer"), (["--seed", "-1"], "--seed"),
                        (["--steps", "0"], "--steps"), (["--sparse", "window"], "--sparse"),
-                       (["--threads", "100000"], "threads=100000; must be an integer from 1 to")]:  # Python's rule
+                       (["--threads", "100000"], "threads=100000; must be an integer from 1 to"),  # Python's rule
+                       (["--bogus"], "unknown option --bogus"),  # was: "--bogus needs a value"
+                       (["--sparse=region"], "write --sparse VALUE with a space, not '='")]:
         args = cmd[:]
         for k in range(0, len(bad), 2):
             i = args.index(bad[k]) if bad[k] in args else None

@@ -9,13 +9,16 @@
 // Errors print one line and exit with status 2; warnings (a truncated instruction) one line each.
 #include <cctype>
 #include <cerrno>
-#include <optional>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
+#include <set>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "qk/qk.hpp"
@@ -81,10 +84,13 @@ std::string json_escape(const std::string& s) {
 }
 
 void write_json(const std::string& path, const qk::EditResult& r) {
+    std::filesystem::path dir = std::filesystem::path(path).parent_path();
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::create_directories(dir, ec);  // as save_png does for --out
     std::string tmp = path + ".tmp";
     {
         std::ofstream f(tmp);
-        if (!f) throw qk::InputError("cannot write " + path);
+        if (!f) throw qk::InputError("cannot write " + path + ": " + std::strerror(errno));
         f << "{\"backend\": \"" << json_escape(r.backend) << "\", \"seed\": " << r.seed << ", \"steps\": " << r.steps
           << ", \"active_tokens\": " << r.active_tokens << ", \"timings\": {";
         bool first = true;
@@ -119,6 +125,12 @@ int main(int argc, char** argv) {
                 so.verify = false;
                 continue;
             }
+            static const std::set<std::string> kValued = {
+                "--bundle", "--image", "--instruction", "--box", "--out", "--seed", "--steps", "--text-guidance",
+                "--image-guidance", "--sparse", "--threads", "--backend", "--engine-dir", "--json"};
+            if (a.rfind("--", 0) == 0 && a.find('=') != std::string::npos && kValued.count(a.substr(0, a.find('='))))
+                throw qk::InputError("write " + a.substr(0, a.find('=')) + " VALUE with a space, not '=' (" + a + ")");
+            if (!kValued.count(a)) throw qk::InputError("unknown option " + a + "\n" + kUsage);
             if (i + 1 >= argc) throw qk::InputError(a + " needs a value");
             std::string v = argv[++i];
             if (a == "--bundle") bundle = v;
