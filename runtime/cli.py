@@ -22,6 +22,7 @@ from pathlib import Path
 from .backend import CHOICES
 from .engines import atomic_write
 from .errors import InputError, QKRuntimeError
+from .inputs import check_writable
 
 
 def _image_format(path: Path) -> str:
@@ -36,21 +37,6 @@ def _image_format(path: Path) -> str:
     except Exception as exc:
         raise InputError(f"--out {path}: Pillow cannot write an RGB image as {fmt} ({exc}); use .png, .jpg, .webp or .bmp") from exc
     return fmt
-
-
-def check_writable(flag: str, path: Path) -> None:
-    """`path` can be written: not a folder, and its folder (or the nearest existing parent, since
-    missing folders are made) is a writable folder."""
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name")
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise InputError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {path}: cannot write in {parent} (no permission or a read-only file system); "
-                         f"choose another place")
 
 
 def check_outputs(args) -> None:

@@ -165,3 +165,18 @@ def check_threads(threads) -> int | None:
         raise InputError(f"threads={threads!r}; must be an integer from 1 to {cpus} (this machine's logical CPUs), "
                          f"or left unset for one per core")
     return threads
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """`path` can be written: not a folder, and its folder (or the nearest existing parent, since
+    missing folders are made) is a writable folder."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name")
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: cannot write in {parent} (no permission or a read-only file system); "
+                         f"choose another place")

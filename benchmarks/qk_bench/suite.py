@@ -25,6 +25,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qk_runtime.errors import InputError
+from qk_runtime.inputs import check_threads
+
 from . import bundles as bundles_mod
 from .configs import FRACTIONS, QUICK_FRACTIONS, BenchConfig, cpu_flags, select
 from .machine import describe, summary_line
@@ -167,9 +170,10 @@ def run(opts: Options) -> dict:
     if opts.threads < 1 or opts.steps < 1 or opts.repeats < 1 or opts.rounds < 1:
         raise BenchError(f"--threads, --steps, --repeats and --rounds must be >= 1 "
                          f"(got {opts.threads}, {opts.steps}, {opts.repeats}, {opts.rounds})")
-    if opts.threads > (os.cpu_count() or 1):  # the runtime refuses it (qk_runtime.inputs.check_threads): say so up front
-        raise BenchError(f"--threads {opts.threads}: this machine has {os.cpu_count() or 1} logical CPUs; "
-                         f"pass --threads {os.cpu_count() or 1} or fewer")
+    try:  # the runtime's rule, up front rather than in every configuration's worker
+        check_threads(opts.threads)
+    except InputError as exc:
+        raise BenchError(f"--{exc}") from None
     machine = describe(opts.machine)
     _say(opts, f"qk-bench: {summary_line(machine)}")
     try:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-from qk_runtime.cli import check_writable
 from qk_runtime.errors import QKRuntimeError
+from qk_runtime.inputs import check_writable
 
 from ..data.shapeworld import EDIT_KINDS, SPLITS, make_edit, make_generation
 from .metrics import judge_generation, score_edit

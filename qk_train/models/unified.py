@@ -220,7 +220,7 @@ class QKModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> "QKModel":
         path = ckpt.check_checkpoint_dir(Path(path))
-        damaged = f"; the checkpoint is damaged: copy it again or use another one (qk-train writes them whole)"
+        damaged = "; the checkpoint is damaged: copy it again or use another one (qk-train writes them whole)"
         try:
             values = yaml.safe_load((path / ckpt.CONFIG_FILE).read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
