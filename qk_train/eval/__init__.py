@@ -4,9 +4,14 @@ from qk_train.eval.metrics import (
     classify_shape,
     connected_components,
     dilate,
+    generation_findings,
     judge_generation,
+    judge_generation_v1,
     nearest_palette_colour,
     score_edit,
+    seam,
+    shape_fit,
+    token_mask_to_pixels,
 )
 
 __all__ = [
@@ -14,7 +19,12 @@ __all__ = [
     "classify_shape",
     "connected_components",
     "dilate",
+    "generation_findings",
     "judge_generation",
+    "judge_generation_v1",
     "nearest_palette_colour",
     "score_edit",
+    "seam",
+    "shape_fit",
+    "token_mask_to_pixels",
 ]

@@ -1,15 +1,24 @@
-"""qk-eval: edit success, drift and generation accuracy on a ShapeWorld split.
+"""qk-eval: edit success (v1 and strict), drift, seam and generation accuracy on a ShapeWorld split.
 
     qk-eval --json results.json                         # the shipped default checkpoint
     qk-eval --model runs/small/final --n 500 --json r.json
     qk-eval --model engines/default/int8 --json r.json  # a bundle: run through qk_runtime
+    qk-eval --instructions paraphrase --json r.json     # instructions worded unlike training's
 
 A model is a checkpoint folder (run with the torch reference pipeline) or a bundle folder
 (anything with a manifest.json, run with the ONNX runtime). Edits are test-split samples
 `make_edit(split, i, kind=EDIT_KINDS[i % 5])`, so every kind gets the same share; each is run
-with its region box and without it, and scored with the rule of `shapeworld.md`
-(`qk_train.eval.metrics.score_edit`). Generation: `gen_accuracy` is the share of generated
-images in which every captioned object is found with its colour, shape and grid position.
+with its region box and without it, and scored with the rules of `shapeworld.md` v1.1
+(`qk_train.eval.metrics.score_edit`): `edit_success` (rules 1-3) and `edit_success_strict`
+(also rule 4, the shape), per setting, per kind and overall; `drift` outside the dilated change
+mask; `seam`: inside the model's active region (its gate above the threshold, at pixel
+resolution) but outside the change mask dilated by 2 px, the mean abs difference to the source,
+averaged over the edits that have such pixels (None for an editor that reports no gate).
+`--instructions paraphrase` words each edit with a held-out paraphrase of the same meaning
+(`qk_train.eval.paraphrases`, never seen in training); the JSON's `instructions` says which.
+Generation: `gen_accuracy` is the share of generated images the v1.1 judge accepts (every
+captioned object found with its colour, shape and grid position, and no extra object);
+`gen_accuracy_v1` the share the v1 judge accepts (no IoU floor, extra objects not judged).
 """
 from __future__ import annotations
 
@@ -17,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -25,20 +35,40 @@ from qk_runtime.errors import QKRuntimeError
 from qk_runtime.inputs import check_writable
 
 from ..data.shapeworld import EDIT_KINDS, SPLITS, make_edit, make_generation
-from .metrics import judge_generation, score_edit
+from .metrics import judge_generation, judge_generation_v1, score_edit, seam, token_mask_to_pixels
+from .paraphrases import paraphrase
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "engines" / "default" / "checkpoint"
 SETTINGS = {"box": True, "no_box": False}
+INSTRUCTIONS = ("template", "paraphrase")
 CHUNK = 16  # samples run together through the torch pipeline
 
 
+@dataclass
+class Edited:
+    image: np.ndarray  # (H, W, 3) uint8
+    active: np.ndarray | None = None  # (grid, grid) bool: the tokens the edit was let change
+
+
 class Editor(Protocol):
+    """`edit_many` answers one `Edited` per edit: the image and the tokens its gate let change (a
+    model without a gate has every token active). A plain (H, W, 3) image is also accepted, as
+    the benchmark engines answer; such an edit has no seam."""
+
     side: int
 
-    def edit_many(self, images: list, instructions: list[str], boxes: list, seeds: list[int]) -> list[np.ndarray]: ...
+    def edit_many(self, images: list, instructions: list[str], boxes: list, seeds: list[int]) -> list[Edited]: ...
 
     def generate_many(self, prompts: list[str], seeds: list[int]) -> list[np.ndarray]: ...
+
+
+def active_tokens(gate: np.ndarray | None, threshold: float | None) -> np.ndarray | None:
+    """The active region of a (grid, grid) gate: gate > threshold, as the pipelines gate the edit.
+    With no threshold the pipelines blend by the gate itself; then > 0.5, their region decoder's rule."""
+    if gate is None:
+        return None
+    return np.asarray(gate) > (0.5 if threshold is None else threshold)
 
 
 class TorchEditor:
@@ -55,10 +85,11 @@ class TorchEditor:
 
     def edit_many(self, images, instructions, boxes, seeds):
         if self.sparse == "region":
-            return [self.pipe.edit(*args, steps=self.steps, seed=sd, sparse="region").image
+            outs = [self.pipe.edit(*args, steps=self.steps, seed=sd, sparse="region")
                     for *args, sd in zip(images, instructions, boxes, seeds)]
-        outs = self.pipe.edit_batch(images, instructions, boxes, steps=self.steps, seeds=seeds)
-        return [o.image for o in outs]
+        else:
+            outs = self.pipe.edit_batch(images, instructions, boxes, steps=self.steps, seeds=seeds)
+        return [Edited(o.image, active_tokens(o.gate, self.pipe.gate_threshold)) for o in outs]
 
     def generate_many(self, prompts, seeds):
         return [o.image for o in self.pipe.generate_batch(prompts, steps=self.steps, seeds=seeds)]
@@ -76,8 +107,10 @@ class BundleEditor:
         self.side = int(self.session.bundle.dims.image_size)
 
     def edit_many(self, images, instructions, boxes, seeds):
-        return [self.session.edit(img, ins, box=box, steps=self.steps, seed=sd, sparse=self.sparse).image
+        threshold = self.session.bundle.sampler.gate_threshold
+        outs = [self.session.edit(img, ins, box=box, steps=self.steps, seed=sd, sparse=self.sparse)
                 for img, ins, box, sd in zip(images, instructions, boxes, seeds)]
+        return [Edited(r.image, active_tokens(r.gate, threshold)) for r in outs]
 
     def generate_many(self, prompts, seeds):
         return [self.session.generate(p, steps=self.steps, seed=sd).image for p, sd in zip(prompts, seeds)]
@@ -95,72 +128,103 @@ def open_editor(path: Path, steps: int | None = None, backend: str = "auto", spa
 # --------------------------------------------------------------------------- metrics registry
 
 
-def edit_metrics(editor: Editor, split: str, n: int, settings: list[str], seed: int, progress: Callable) -> dict:
+def _edited(out) -> Edited:
+    """An Editor's answer for one edit; a plain image (an editor that reports no gate) has no seam."""
+    return out if isinstance(out, Edited) else Edited(np.asarray(out))
+
+
+def _success_table(per: dict[str, list[bool]]) -> dict:
+    table = {k: (float(np.mean(v)) if v else None) for k, v in per.items()}
+    every = [x for v in per.values() for x in v]
+    table["overall"] = float(np.mean(every)) if every else None
+    return table
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def edit_metrics(editor: Editor, split: str, n: int, settings: list[str], seed: int, progress: Callable,
+                 instructions: str = "template") -> dict:
+    if instructions not in INSTRUCTIONS:
+        raise ValueError(f"instructions={instructions!r}; choose one of {list(INSTRUCTIONS)}")
     per = {s: {k: [] for k in EDIT_KINDS} for s in settings}
+    strict = {s: {k: [] for k in EDIT_KINDS} for s in settings}
     drift = {s: [] for s in settings}
     inside = {s: [] for s in settings}
+    seams = {s: [] for s in settings}
     for start in progress(range(0, n, CHUNK), desc=f"edits ({CHUNK} a batch)"):
         ids = range(start, min(n, start + CHUNK))
         samples = [make_edit(split, i, editor.side, kind=EDIT_KINDS[i % len(EDIT_KINDS)]) for i in ids]
+        texts = [x.instruction if instructions == "template" else paraphrase(x, i) for x, i in zip(samples, ids)]
         for s in settings:
-            outs = editor.edit_many([x.source for x in samples], [x.instruction for x in samples],
+            outs = editor.edit_many([x.source for x in samples], texts,
                                     [x.box if SETTINGS[s] else None for x in samples], [seed + i for i in ids])
-            for sample, out in zip(samples, outs):
-                score = score_edit(out, sample)
+            for sample, out in zip(samples, map(_edited, outs)):
+                score = score_edit(out.image, sample)
                 per[s][sample.kind].append(bool(score["success"]))
+                strict[s][sample.kind].append(bool(score["strict"]))
                 drift[s].append(score["drift"])
                 inside[s].append(score["inside_error"])
-    success = {}
-    for s in settings:
-        table = {k: (float(np.mean(v)) if v else None) for k, v in per[s].items()}
-        table["overall"] = float(np.mean([x for v in per[s].values() for x in v])) if n else None
-        success[s] = table
+                if out.active is not None:
+                    active = token_mask_to_pixels(out.active, sample.source.shape[0])
+                    value = seam(out.image, sample.source, sample.mask, active)
+                    if value is not None:
+                        seams[s].append(value)
     return {
-        "edit_success": success,
-        "drift": {s: float(np.mean(drift[s])) if n else None for s in settings},
-        "inside_error": {s: float(np.mean(inside[s])) if n else None for s in settings},
+        "edit_success": {s: _success_table(per[s]) for s in settings},
+        "edit_success_strict": {s: _success_table(strict[s]) for s in settings},
+        "drift": {s: _mean(drift[s]) for s in settings},
+        "inside_error": {s: _mean(inside[s]) for s in settings},
+        "seam": {s: _mean(seams[s]) for s in settings},
     }
 
 
 def generation_metrics(editor: Editor, split: str, n: int, seed: int, progress: Callable, keep: list | None = None) -> dict:
-    ok = []
+    ok, ok_v1 = [], []
     for start in progress(range(0, n, CHUNK), desc=f"generations ({CHUNK} a batch)"):
         ids = range(start, min(n, start + CHUNK))
         drawn = [make_generation(split, i, editor.side) for i in ids]
         outs = editor.generate_many([caption for _, caption, _ in drawn], [seed + i for i in ids])
-        ok.extend(judge_generation(out, scene) for out, (_, _, scene) in zip(outs, drawn))
+        for out, (_, _, scene) in zip(outs, drawn):
+            ok.append(judge_generation(out, scene))
+            ok_v1.append(judge_generation_v1(out, scene))
         if keep is not None:  # the images, for FD-SW
             keep.extend(outs)
-    return {"gen_accuracy": float(np.mean(ok)) if ok else None}
+    return {"gen_accuracy": _mean(ok), "gen_accuracy_v1": _mean(ok_v1)}
 
 
 def evaluate(model: Path, *, split: str = "test", n: int = 500, gen_n: int | None = None, settings: list[str] | None = None,
              steps: int | None = None, seed: int = 0, backend: str = "auto", sparse: str = "none", progress: bool = True,
-             inception: Path | None = None) -> dict:
+             inception: Path | None = None, instructions: str = "template") -> dict:
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; choose one of {list(SPLITS)}")
+    if instructions not in INSTRUCTIONS:
+        raise ValueError(f"instructions={instructions!r}; choose one of {list(INSTRUCTIONS)}")
     settings = settings or list(SETTINGS)
     gen_n = n if gen_n is None else gen_n
     bar = _progress if progress else (lambda it, desc=None: it)
     editor = open_editor(model, steps, backend, sparse)
     tic = time.perf_counter()
-    result = {"model": str(model), "split": split, "n_edits": n, "n_generations": gen_n, "steps": steps, "seed": seed, "sparse": sparse}
+    result = {"model": str(model), "split": split, "n_edits": n, "n_generations": gen_n, "steps": steps, "seed": seed, "sparse": sparse,
+              "instructions": instructions}
     generated: list = []  # filled by "generation", read by "fd"
     for name, fn in METRICS.items():
         result.update(fn(editor=editor, split=split, n=n, gen_n=gen_n, settings=settings, seed=seed, progress=bar,
-                         generated=generated, inception=inception))
+                         generated=generated, inception=inception, instructions=instructions))
     result["elapsed_s"] = round(time.perf_counter() - tic, 1)
     return result
 
 
 METRICS: dict[str, Callable[..., dict]] = {
-    "edit": lambda editor, split, n, settings, seed, progress, **_: edit_metrics(editor, split, n, settings, seed, progress),
+    "edit": lambda editor, split, n, settings, seed, progress, instructions, **_: edit_metrics(editor, split, n, settings, seed, progress,
+                                                                                              instructions),
     "generation": lambda editor, split, gen_n, seed, progress, generated, **_: generation_metrics(editor, split, gen_n, seed, progress, generated),
     "fd": lambda editor, split, generated, inception, **_: fd_metrics(editor, split, generated, inception),
 }
 
 
-# --------------------------------------------------------------------------- FD-SW (issue #7)
+# --------------------------------------------------------------------------- FD-SW
 
 
 def fd_metrics(editor: Editor, split: str, generated: list, inception: Path | None) -> dict:
@@ -179,14 +243,26 @@ def _progress(iterable, desc=None):
     return tqdm(iterable, desc=desc, dynamic_ncols=True, file=sys.stderr)
 
 
+def _kinds(table: dict) -> str:
+    return ", ".join(f"{k} {table[k]:.2f}" for k in EDIT_KINDS if table[k] is not None)
+
+
 def summary_line(r: dict) -> str:
     parts = []
     for s, table in r["edit_success"].items():
         if table["overall"] is None:  # --n 0: generations only
             continue
-        parts.append(f"{s}: overall {table['overall']:.3f} (" + ", ".join(f"{k} {table[k]:.2f}" for k in EDIT_KINDS if table[k] is not None) + f"), drift {r['drift'][s]:.4f}")
+        part = f"{s}: overall {table['overall']:.3f} ({_kinds(table)})"
+        strict = r.get("edit_success_strict", {}).get(s)
+        if strict is not None:
+            part += f", strict {strict['overall']:.3f} ({_kinds(strict)})"
+        part += f", drift {r['drift'][s]:.4f}"
+        if r.get("seam", {}).get(s) is not None:
+            part += f", seam {r['seam'][s]:.4f}"
+        parts.append(part)
     if r.get("gen_accuracy") is not None:
-        parts.append(f"gen_accuracy {r['gen_accuracy']:.3f}")
+        parts.append(f"gen_accuracy {r['gen_accuracy']:.3f}"
+                     + (f" (v1 {r['gen_accuracy_v1']:.3f})" if r.get("gen_accuracy_v1") is not None else ""))
     return "; ".join(parts)
 
 
@@ -203,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (sample i uses seed + i)")
     parser.add_argument("--backend", default="auto", help="for bundles: auto|ort|openvino (default auto)")
     parser.add_argument("--sparse", default="none", choices=["none", "region"], help="decoder sparsity for edits")
+    parser.add_argument("--instructions", default="template", choices=list(INSTRUCTIONS),
+                        help="edit instructions: the training templates' (default) or held-out paraphrases of the same meaning")
     parser.add_argument("--inception", default=None, metavar="PATH",
                         help="local Inception-v3 state dict (torchvision layout; needs torchvision): adds true FID to `fd`")
     parser.add_argument("--json", required=True, help="write the figures to this JSON file")
@@ -228,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
             check_inception(Path(args.inception))
         result = evaluate(Path(args.model), split=args.split, n=args.n, gen_n=args.gen_n, settings=settings, steps=args.steps,
                           seed=args.seed, backend=args.backend, sparse=args.sparse, progress=not args.no_progress,
-                          inception=Path(args.inception) if args.inception else None)
+                          inception=Path(args.inception) if args.inception else None, instructions=args.instructions)
     except (FileNotFoundError, ValueError, QKRuntimeError) as exc:  # QKRuntimeError: e.g. an unknown or missing backend
         print(f"qk-eval: error: {exc}", file=sys.stderr)
         return 2
