@@ -88,6 +88,7 @@ class TrainConfig:
     lr: float = 3e-4
     warmup: int = 500
     weight_decay: float = 0.01
+    optimizer: str = "adamw"  # "adamw" | "muon" (Muon for the blocks' 2-D weights, AdamW for the rest: qk_train/optim.py)
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     edit_fraction: float = 0.75  # share of each batch that is editing (the rest: generation)
@@ -271,6 +272,7 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
     need(bool(cfg.data.buckets), "data.buckets must list at least one training resolution")
     need(all(w >= 0 for w in cfg.data.bucket_weights) and sum(cfg.data.bucket_weights) > 0,
          f"data.bucket_weights={list(cfg.data.bucket_weights)} must be >= 0 with a positive sum")
+    need(cfg.train.optimizer in ("adamw", "muon"), f"train.optimizer={cfg.train.optimizer!r}; use 'adamw' or 'muon'")
     need(cfg.text.kind in ("pretrained", "tiny"), f"text.kind={cfg.text.kind!r}; use 'pretrained' or 'tiny'")
     need(cfg.codec.kind in ("tiny_ae", "pixel", "pretrained"),
          f"codec.kind={cfg.codec.kind!r}; use 'tiny_ae', 'pixel' or 'pretrained'")

@@ -8,6 +8,17 @@ same weights as one that ran straight through (on CPU, same thread count).
     qk-train --preset small --init-from engines/default/checkpoint --set train.seed=1 --steps 4000 --out runs/ft
                                                       # continues from the shipped model's weights
     torchrun --nproc-per-node 2 -m qk_train.train --preset tiny --out runs/t   # DDP (gloo on CPU)
+
+On a GPU (written and tested on the CPU; not yet run on a GPU):
+
+    qk-train --preset small --device cuda --data device --set train.batch_size=512 --set train.lr=6e-4 \
+        --time-budget 9 --checkpoint-minutes 1 --out runs/gpu
+
+`--data device` draws the ShapeWorld layouts ahead in worker processes and renders the pixels with
+torch on the training device (`qk_train.device_data`): the same batches as the numpy path.
+`--time-budget` stops with a checkpoint after the step that spends the wall-clock budget (counted
+from the start of training); `--checkpoint-minutes` also checkpoints on the clock, so a SIGKILL
+loses at most that much. The same command resumes.
 """
 from __future__ import annotations
 
@@ -34,10 +45,12 @@ from tqdm import tqdm
 from . import checkpoint as ckpt
 from .config import ConfigError, ModelConfig, from_dict, load_preset, preset_names
 from .data.manifest import DataError
-from .data.shapeworld import make_edit, make_generation
+from .data.shapeworld import EditLayout, GenerationLayout, edit_layout, generation_layout, render, render_edit
 from .models.unified import Batch, QKModel
+from .optim import make_optimizer
 
 STAGE_AE, STAGE_MAIN = "ae", "main"
+DATA_PATHS = ("cpu", "device")  # --data: numpy pixels on the CPU, or torch pixels on the training device
 
 
 # --------------------------------------------------------------------------- data
@@ -107,14 +120,34 @@ def user_edit_sample(record, side: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return source, target, change, box
 
 
-def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, size: int | None = None) -> Batch:
-    """The batch of one rank at one step; sample indices never repeat across steps and ranks."""
+@dataclass
+class SamplePlan:
+    """One sample of a batch before its pixels: a ShapeWorld layout, or a user-data sample's arrays."""
+
+    is_edit: bool
+    text: str  # instruction or caption
+    layout: EditLayout | GenerationLayout | None = None  # ShapeWorld
+    pixels: tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None = None  # user data: target, source, change
+    box: tuple[int, int, int, int] | None = None
+    keep_box: bool = False  # the region query is the box (else: no region)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    side: int
+    samples: tuple[SamplePlan, ...]
+
+
+def plan_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, size: int | None = None,
+               split: str = "train") -> BatchPlan:
+    """What `make_batch` draws from the step's seed, before any ShapeWorld pixel: the bucket's side
+    and, per sample, its layout (or user-data sample), text and whether its box is kept."""
     size = size or (cfg.train.ae_batch_size if stage == STAGE_AE else cfg.train.batch_size)
     side = bucket_for_step(cfg, stage, step)
     rng = np.random.default_rng(step_seed(cfg, stage, step, rank))
     opts = dict(exclude_pairs=frozenset(map(tuple, cfg.data.exclude_pairs)), backgrounds=cfg.data.backgrounds)
     base = (step * world + rank) * size
-    targets, sources, changes, regions, is_edit, texts = [], [], [], [], [], []
+    samples = []
     for i in range(size):
         index = base + i
         if rng.random() < cfg.train.edit_fraction:
@@ -122,38 +155,54 @@ def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, s
                 records = _user_edits(cfg.data.edit_manifest)
                 record = records[index % len(records)]
                 source, target, change, box = user_edit_sample(record, side)
-                instruction = record.instruction
+                sample = SamplePlan(True, record.instruction, pixels=(target, source, change), box=box)
             else:
-                s = make_edit("train", index, side, **opts)
-                source, target, change, box, instruction = s.source, s.target, s.mask, s.box, s.instruction
-            targets.append(target)
-            sources.append(source)
-            changes.append(change.astype(np.float32))
-            keep_box = box is not None and rng.random() >= cfg.train.drop_box
-            regions.append(box_mask(box, side) if keep_box else np.zeros((side, side), np.float32))
-            is_edit.append(1.0)
-            texts.append(instruction)
+                layout = edit_layout(split, index, side, **opts)
+                sample = SamplePlan(True, layout.instruction, layout=layout, box=layout.box)
+            sample.keep_box = sample.box is not None and rng.random() >= cfg.train.drop_box
         else:
             if cfg.data.caption_json:
                 records = _user_captions(cfg.data.caption_json)
                 record = records[index % len(records)]
-                image, caption = _resize(record.image, side), record.caption
+                sample = SamplePlan(False, record.caption, pixels=(_resize(record.image, side), None, None))
             else:
-                image, caption, _ = make_generation("train", index, side, **opts)
-            targets.append(image)
-            sources.append(np.zeros_like(image))
-            changes.append(np.ones((side, side), np.float32))
-            regions.append(np.zeros((side, side), np.float32))
-            is_edit.append(0.0)
-            texts.append(caption)
+                layout = generation_layout(split, index, side, **opts)
+                sample = SamplePlan(False, layout.caption, layout=layout)
+        samples.append(sample)
+    return BatchPlan(side, tuple(samples))
+
+
+def render_batch(plan: BatchPlan) -> Batch:
+    """The pixels of a plan, drawn with numpy on the CPU (`qk_train.device_data` draws them on a device)."""
+    side = plan.side
+    targets, sources, changes, regions = [], [], [], []
+    for s in plan.samples:
+        if isinstance(s.layout, EditLayout):
+            e = render_edit(s.layout)
+            target, source, change = e.target, e.source, e.mask
+        elif isinstance(s.layout, GenerationLayout):
+            target, source, change = render(s.layout.scene), None, None
+        else:
+            target, source, change = s.pixels
+        targets.append(target)
+        sources.append(source if s.is_edit else np.zeros_like(target))
+        changes.append(change.astype(np.float32) if s.is_edit else np.ones((side, side), np.float32))
+        regions.append(box_mask(s.box, side) if s.keep_box else np.zeros((side, side), np.float32))
     return Batch(
         target=to_tensor(targets),
         source=to_tensor(sources),
         change=torch.from_numpy(np.stack(changes))[:, None],
         region=torch.from_numpy(np.stack(regions))[:, None],
-        is_edit=torch.tensor(is_edit),
-        texts=texts,
+        is_edit=torch.tensor([1.0 if s.is_edit else 0.0 for s in plan.samples]),
+        texts=[s.text for s in plan.samples],
     )
+
+
+def make_batch(cfg: ModelConfig, stage: str, step: int, rank: int, world: int, size: int | None = None,
+               split: str = "train") -> Batch:
+    """The batch of one rank at one step; sample indices never repeat across steps and ranks.
+    `split="val"` draws the same way from the validation split (held-out losses)."""
+    return render_batch(plan_batch(cfg, stage, step, rank, world, size, split))
 
 
 # --------------------------------------------------------------------------- schedule and EMA
@@ -224,30 +273,31 @@ def _trainable(model: QKModel, stage: str) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if n.startswith(prefixes)}
 
 
-def _make_optimizer(cfg: ModelConfig, params: dict[str, torch.nn.Parameter], lr: float) -> torch.optim.AdamW:
-    decay = [p for n, p in params.items() if p.ndim >= 2]
-    no_decay = [p for n, p in params.items() if p.ndim < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        betas=(0.9, 0.99),
-    )
-
-
 class Trainer:
     def __init__(self, cfg: ModelConfig, out: Path, *, progress: bool = True, max_steps: int | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, time_budget_s: float | None = None,
+                 checkpoint_every_s: float | None = None, data: str = "cpu", data_workers: int = 0):
         self.cfg = cfg
         self.out = Path(out)
         self.progress = progress
         self.max_steps = max_steps  # stop after this many steps in this call (for tests and chunks)
+        # wall clock, from the start of run(): stop with a checkpoint after the step that spends the
+        # budget (every call trains at least one step), and checkpoint every checkpoint_every_s
+        self.time_budget_s = time_budget_s
+        self.checkpoint_every_s = checkpoint_every_s
+        if data not in DATA_PATHS:
+            raise ConfigError(f"data={data!r}: use one of {DATA_PATHS}")
+        self.data, self.data_workers = data, data_workers
+        self._batches = None  # device_data.DeviceBatches with data="device"
+        self._started = self._saved_at = time.monotonic()
+        self.stopped_by: str | None = None  # "max_steps" or "time budget" when run() stopped early
         self.rank, self.world = _dist_info()
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         self.device = resolve_device(device)
         self.model = QKModel(cfg).to(self.device)
         self.state = RunState(STAGE_AE if self._ae_steps() else STAGE_MAIN, 0)
         self.ema: EMA | None = None
-        self.opt: torch.optim.Optimizer | None = None
+        self.opt = None  # torch.optim.AdamW or optim.MuonAdamW
         self.steps_run = 0
 
     def _ae_steps(self) -> int:
@@ -275,6 +325,7 @@ class Trainer:
             name = f"step-{self.state.step:07d}"
         path = self.model.save(self.out / "checkpoints" / name, weights, train_tensors=train_tensors, train_meta=meta)
         ckpt.prune_checkpoints(self.out, keep=2)
+        self._saved_at = time.monotonic()
         return path
 
     def resume(self, path: Path) -> None:
@@ -331,7 +382,7 @@ class Trainer:
         for p in params.values():
             p.requires_grad_(True)
         lr = self.cfg.train.ae_lr if stage == STAGE_AE else self.cfg.train.lr
-        self.opt = _make_optimizer(self.cfg, params, lr)
+        self.opt = make_optimizer(self.cfg, params, lr)
         self.ema = EMA(params, self.cfg.train.ema_decay) if stage == STAGE_MAIN else None
         module = LossModule(self.model, stage)
         if self.world > 1:
@@ -351,6 +402,34 @@ class Trainer:
         self._setup_stage()
 
     def run(self) -> Path:
+        self._started = self._saved_at = time.monotonic()
+        try:
+            return self._run()
+        finally:
+            if self._batches is not None:
+                self._batches.close()
+                self._batches = None
+
+    def _batch(self, stage: str, step: int, total: int) -> Batch:
+        if self.data == "device":
+            if self._batches is None:
+                from .device_data import DeviceBatches
+
+                self._batches = DeviceBatches(self.cfg, self.rank, self.world, self.device, workers=self.data_workers)
+            return self._batches.get(stage, step, total)
+        return make_batch(self.cfg, stage, step, self.rank, self.world).to(self.device)
+
+    def _out_of_time(self) -> bool:
+        if self.time_budget_s is None:
+            return False
+        spent = time.monotonic() - self._started >= self.time_budget_s
+        if self.world > 1:  # every rank stops after the same step: rank 0's clock decides
+            flag = torch.tensor([float(spent)], device=self.device)
+            dist.broadcast(flag, src=0)
+            spent = bool(flag.item())
+        return spent
+
+    def _run(self) -> Path:
         cfg = self.cfg
         latest = ckpt.latest_checkpoint(self.out)
         if latest is not None:
@@ -375,7 +454,11 @@ class Trainer:
         while True:
             done = self._run_stage()
             if not done:
-                return self.save() or self.out
+                path = self.save()
+                if self.rank == 0 and self.stopped_by == "time budget":
+                    print(f"time budget of {self.time_budget_s / 60:g} min spent: checkpoint saved at {path} "
+                          f"({self.state.stage} step {self.state.step}); run the same command to continue", file=sys.stderr)
+                return path or self.out
             if self.state.stage == STAGE_AE:
                 self._finish_codec()
                 continue
@@ -390,7 +473,7 @@ class Trainer:
         return final
 
     def _run_stage(self) -> bool:
-        """Train the current stage to its end; False when stopped early by max_steps."""
+        """Train the current stage to its end; False when stopped early by max_steps or the time budget."""
         cfg, stage = self.cfg, self.state.stage
         total = self._stage_total()
         base_lr = cfg.train.ae_lr if stage == STAGE_AE else cfg.train.lr
@@ -402,11 +485,15 @@ class Trainer:
         try:
             while self.state.step < total:
                 if self.max_steps is not None and self.steps_run >= self.max_steps:
+                    self.stopped_by = "max_steps"
+                    return False
+                if self.steps_run and self._out_of_time():
+                    self.stopped_by = "time budget"
                     return False
                 step = self.state.step
                 for group in self.opt.param_groups:
                     group["lr"] = lr_at(step, base_lr, total, warmup)
-                batch = make_batch(cfg, stage, step, self.rank, self.world).to(self.device)
+                batch = self._batch(stage, step, total)
                 gen = torch.Generator().manual_seed(step_seed(cfg, stage, step, self.rank))
                 loss, logs = self.module(batch, gen)
                 self.opt.zero_grad(set_to_none=True)
@@ -427,7 +514,10 @@ class Trainer:
                         f.write(json.dumps({"stage": stage, "step": self.state.step, "lr": self.opt.param_groups[0]["lr"],
                                             "grad_norm": float(grad_norm), "img_s": rate, **logs}) + "\n")
                 bar.update(1)
-                if self.state.step % cfg.train.checkpoint_every == 0 and self.state.step < total:
+                if self.state.step < total and (
+                    self.state.step % cfg.train.checkpoint_every == 0
+                    or (self.rank == 0 and self.checkpoint_every_s is not None
+                        and time.monotonic() - self._saved_at >= self.checkpoint_every_s)):
                     self.save()
         except KeyboardInterrupt:
             if self.rank == 0:
@@ -543,6 +633,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where to train: auto (default) = this rank's GPU if CUDA is available, else the CPU")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                        help="stop with a checkpoint once this much wall-clock time has passed since training started "
+                             "(checked after every step); the same command continues the run")
+    parser.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M",
+                        help="also write a checkpoint every M minutes of wall-clock time (besides train.checkpoint_every "
+                             "steps), so a killed run loses at most M minutes")
+    parser.add_argument("--data", default="cpu", choices=DATA_PATHS,
+                        help="where batches get their pixels: cpu (default: numpy, sample by sample) or device "
+                             "(ShapeWorld layouts drawn ahead by --data-workers processes, pixels rendered by torch on "
+                             "the training device; the same batches)")
+    parser.add_argument("--data-workers", type=int, default=None, metavar="N",
+                        help="with --data device: processes drawing layouts ahead (default: half the CPU cores, at "
+                             "most 8; 0 = draw them in the training process)")
     parser.add_argument("--init-from", metavar="CKPT", default=None,
                         help="start a new run from the weights of checkpoint CKPT (e.g. engines/default/checkpoint): "
                              "fine-tuning or a warm restart; no autoencoder stage, fresh optimizer with warm-up")
@@ -564,9 +667,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_steps is not None and args.max_steps < 1:
             raise ConfigError(f"--max-steps {args.max_steps}: must be >= 1 (leave it out to train to the end)")
+        for flag, minutes, example, absent in (("--time-budget", args.time_budget, 9, "no limit"),
+                                               ("--checkpoint-minutes", args.checkpoint_minutes, 1, "step checkpoints only")):
+            if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+                raise ConfigError(f"{flag} {minutes:g}: must be a number of minutes > 0, e.g. {flag} {example} "
+                                  f"(leave it out for {absent})")
+        if args.data_workers is not None and args.data_workers < 0:
+            raise ConfigError(f"--data-workers {args.data_workers}: must be >= 0 (0 draws layouts in the training process)")
+        workers = args.data_workers if args.data_workers is not None else min(8, max(1, (os.cpu_count() or 2) // 2))
         if args.init_from:
             args.set = [*args.set, f"train.init_from={args.init_from}"]
         cfg = resolve_config(args.preset, args.set, args.steps)
+        if args.data == "device":
+            from .device_data import check_device_data
+
+            check_device_data(cfg)
         device = resolve_device(args.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -595,7 +710,10 @@ def main(argv: list[str] | None = None) -> int:
     if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        Trainer(cfg, out, progress=not args.no_progress, max_steps=args.max_steps, device=device).run()
+        Trainer(cfg, out, progress=not args.no_progress, max_steps=args.max_steps, device=device,
+                time_budget_s=None if args.time_budget is None else args.time_budget * 60,
+                checkpoint_every_s=None if args.checkpoint_minutes is None else args.checkpoint_minutes * 60,
+                data=args.data, data_workers=workers).run()
     except KeyboardInterrupt:
         return 130
     finally:

@@ -1,4 +1,5 @@
-"""Data: the ShapeWorld generator and readers for user manifests (numpy + pillow, no torch)."""
+"""Data: the ShapeWorld generator and readers for user manifests (numpy + pillow, no torch; the
+torch renderer `qk_train.data.render_torch` is imported on its own)."""
 from qk_train.data.manifest import (
     CaptionRecord,
     DataError,
@@ -14,10 +15,15 @@ from qk_train.data.shapeworld import (
     POSITIONS,
     SHAPES,
     SPLITS,
+    EditLayout,
     EditSample,
+    GenerationLayout,
     Obj,
     Scene,
     caption,
+    change_mask,
+    edit_layout,
+    generation_layout,
     make_edit,
     make_generation,
     make_scene,
@@ -25,6 +31,8 @@ from qk_train.data.shapeworld import (
     object_mask,
     position_name,
     render,
+    render_edit,
+    texture,
 )
 
 __all__ = [
@@ -37,11 +45,16 @@ __all__ = [
     "SPLITS",
     "CaptionRecord",
     "DataError",
+    "EditLayout",
     "EditRecord",
     "EditSample",
+    "GenerationLayout",
     "Obj",
     "Scene",
     "caption",
+    "change_mask",
+    "edit_layout",
+    "generation_layout",
     "make_edit",
     "make_generation",
     "make_scene",
@@ -51,4 +64,6 @@ __all__ = [
     "read_coco_captions",
     "read_edit_manifest",
     "render",
+    "render_edit",
+    "texture",
 ]

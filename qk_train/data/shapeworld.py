@@ -3,6 +3,11 @@
 Implements the contract in `shapeworld.md` (scenes, captions, edits, splits). Pure numpy: the
 runtime and the evaluator import this module without torch.
 
+Every sample is drawn in two halves: a *layout* (`edit_layout`, `generation_layout`: scenes,
+instruction or caption, box, the objects involved; no pixels) and its rendering (`render`,
+`render_edit`). `make_edit` and `make_generation` are the two halves in a row, and
+`qk_train.data.render_torch` renders the same layouts on a torch device, pixel for pixel.
+
 Seeds (the split rule)
 ----------------------
 Every scene and edit is a pure function of its arguments. Random numbers come from
@@ -19,6 +24,22 @@ construction: no test scene is ever drawn from a seed a train scene uses. `exclu
 `backgrounds` only filter choices; they are not part of the seed. When a draw cannot be
 satisfied (no free place, no free colour) the generator draws again from the same stream, a
 bounded number of times, so the result stays a pure function of the arguments.
+
+Texture
+-------
+The background of a scene is its base colour plus a texture drawn with the project's portable
+generator (`qk_runtime.noise.portable_normal`: SplitMix64 + Box-Muller, reproducible in any
+language and on any torch device)::
+
+    texture = portable_normal(texture_seed, (side, side, 3)) * float32(TEXTURE_SIGMA)  # float32
+    pixel = uint8(clip(rint(float64(base) + float64(texture)), 0, 255))  # rint: half to even
+
+Texture values are bounded: ``|portable_normal| <= sqrt(-2 log 2^-53) < 8.58``, so a textured
+background pixel lies within 51 of its base colour on every channel, while every palette colour
+differs from every background by at least 72 on some channel. A background pixel therefore never
+equals an object's colour, and the pixels where two renderings of the same texture differ are
+exactly the pixels whose topmost painted colour differs (`change_mask`, computed from the objects
+alone).
 
 Geometry
 --------
@@ -46,6 +67,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import numpy as np
+
+from qk_runtime.noise import portable_normal
 
 # --------------------------------------------------------------------------- constants
 
@@ -178,15 +201,41 @@ def object_mask(obj: Obj, side: int) -> np.ndarray:
     raise ValueError(f"unknown shape {obj.shape!r}; allowed: {SHAPES}")
 
 
+def texture(texture_seed: int, side: int) -> np.ndarray:
+    """(side, side, 3) float32 background texture on the 0-255 scale (see the module doc)."""
+    return portable_normal(texture_seed, (side, side, 3)) * np.float32(TEXTURE_SIGMA)
+
+
 def render(scene: Scene) -> np.ndarray:
     """(side, side, 3) uint8: background base + Gaussian texture (sigma 6/255), then flat objects."""
     side = scene.side
     base = np.asarray(background_rgb(scene.background), dtype=np.float64)  # (3,)
-    noise = np.random.default_rng(scene.texture_seed).normal(0.0, TEXTURE_SIGMA, (side, side, 3))
+    noise = texture(scene.texture_seed, side).astype(np.float64)  # (side, side, 3)
     img = np.clip(np.rint(base + noise), 0, 255).astype(np.uint8)  # (side, side, 3)
     for obj in scene.objects:
         img[object_mask(obj, side)] = PALETTE[obj.colour]
     return img
+
+
+def _colour_labels(scene: Scene) -> np.ndarray:
+    """(side, side) int8: index in PALETTE of the colour `render` paints last at each pixel, -1 for
+    background."""
+    labels = np.full((scene.side, scene.side), -1, dtype=np.int8)
+    colours = tuple(PALETTE)
+    for obj in scene.objects:
+        labels[object_mask(obj, scene.side)] = colours.index(obj.colour)
+    return labels
+
+
+def change_mask(source: Scene, target: Scene) -> np.ndarray:
+    """(side, side) bool: the pixels where `render(source)` and `render(target)` differ, for two
+    scenes of the same side, background and texture, computed from the objects alone (the module
+    doc says why no texture value can hide a change)."""
+    if (source.side, source.background, source.texture_seed) != (target.side, target.background, target.texture_seed):
+        raise ValueError("change_mask compares two scenes of the same side, background and texture_seed; got "
+                         f"{(source.side, source.background, source.texture_seed)} and "
+                         f"{(target.side, target.background, target.texture_seed)}")
+    return _colour_labels(source) != _colour_labels(target)
 
 
 def position_name(cx: float, cy: float, side: int) -> str:
@@ -377,17 +426,46 @@ def make_scene(
     return _draw_scene(_rng(split, index, STREAM_SCENE), side, pairs, bgs, MAX_OBJECTS)
 
 
+@dataclass(frozen=True)
+class GenerationLayout:
+    scene: Scene
+    caption: str
+
+
+def generation_layout(
+    split: str, index: int, side: int = 64, *,
+    exclude_pairs: frozenset[tuple[str, str]] = frozenset(),
+    backgrounds: tuple[str, ...] | None = None,
+) -> GenerationLayout:
+    """What `make_generation` draws, without pixels: `make_scene`'s scene and its caption."""
+    scene = make_scene(split, index, side, exclude_pairs=exclude_pairs, backgrounds=backgrounds)
+    return GenerationLayout(scene, caption(scene))
+
+
 def make_generation(
     split: str, index: int, side: int = 64, *,
     exclude_pairs: frozenset[tuple[str, str]] = frozenset(),
     backgrounds: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, str, Scene]:
     """(image (side, side, 3) uint8, caption, scene) for text-to-image; the scene is `make_scene`'s."""
-    scene = make_scene(split, index, side, exclude_pairs=exclude_pairs, backgrounds=backgrounds)
-    return render(scene), caption(scene), scene
+    layout = generation_layout(split, index, side, exclude_pairs=exclude_pairs, backgrounds=backgrounds)
+    return render(layout.scene), layout.caption, layout.scene
 
 
 # --------------------------------------------------------------------------- edits
+
+
+@dataclass(frozen=True)
+class EditLayout:
+    """What `make_edit` draws, without pixels; `render_edit` turns it into the `EditSample`."""
+
+    source_scene: Scene
+    target_scene: Scene  # same side, background and texture_seed as the source
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive); for insert the new object's box
+    instruction: str
+    kind: str  # one of EDIT_KINDS
+    target_obj: Obj | None  # object that must show the requested colour; None for remove
+    old_obj: Obj | None  # the object as it was in the source; None for insert
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays do not compare to a single bool
@@ -543,6 +621,23 @@ def make_edit(
     backgrounds: tuple[str, ...] | None = None,
 ) -> EditSample:
     """Edit number `index` of `split`; `kind=None` picks one of EDIT_KINDS uniformly from the seed."""
+    return render_edit(edit_layout(split, index, side, kind, exclude_pairs=exclude_pairs, backgrounds=backgrounds))
+
+
+def render_edit(layout: EditLayout) -> EditSample:
+    """The pixels of an edit layout: source, target and their change mask (every pixel that differs)."""
+    source, target = render(layout.source_scene), render(layout.target_scene)
+    mask = (source != target).any(axis=-1)  # (side, side)
+    return EditSample(source, target, mask, layout.box, layout.instruction, layout.kind, layout.source_scene,
+                      layout.target_scene, layout.target_obj, layout.old_obj)
+
+
+def edit_layout(
+    split: str, index: int, side: int = 64, kind: str | None = None, *,
+    exclude_pairs: frozenset[tuple[str, str]] = frozenset(),
+    backgrounds: tuple[str, ...] | None = None,
+) -> EditLayout:
+    """What `make_edit` draws for these arguments (scenes, instruction, box), without pixels."""
     index, side = _check_common(split, index, side)
     if kind is None:
         kind = EDIT_KINDS[int(_rng(split, index, STREAM_EDIT_KIND).integers(len(EDIT_KINDS)))]
@@ -561,13 +656,11 @@ def make_edit(
             continue
         objects, instruction, target_obj, old_obj = result
         target_scene = replace(scene, objects=objects)
-        source, target = render(scene), render(target_scene)
-        mask = (source != target).any(axis=-1)  # (side, side)
+        mask = change_mask(scene, target_scene)  # (side, side): the pixels render_edit finds changed
         if not mask.any():
             continue
         box = mask_box(object_mask(target_obj, side)) if kind == "insert" else mask_box(mask)
-        return EditSample(source, target, mask, box, instruction, kind, scene, target_scene,
-                          target_obj, old_obj)
+        return EditLayout(scene, target_scene, box, instruction, kind, target_obj, old_obj)
     raise ValueError(
         f"could not draw a {kind!r} edit for split={split!r} index={index} side={side} in "
         f"{_MAX_ATTEMPTS} attempts: exclude_pairs leaves too few (colour, shape) pairs "

@@ -184,9 +184,10 @@ class DiT(nn.Module):
 
         c = self.t_embed(sigma) + cond_emb  # (B, D)
         window = self.cfg.attn_window if active is None and self.cfg.source_mode == "channel" else 0
-        kv = 2 * D
-        for i, block in enumerate(self.blocks):
-            tokens = block(tokens, c, cond_kv[:, :, i * kv : (i + 1) * kv], cond_bias, window, (gh, gw))
+        # one piece per block; a split (not slices) so that backward concatenates the pieces'
+        # gradients instead of zero-filling a full-size buffer per block
+        for block, block_kv in zip(self.blocks, cond_kv.split(2 * D, dim=-1)):
+            tokens = block(tokens, c, block_kv, cond_bias, window, (gh, gw))
         out = self.final(tokens[:, :n_img], c)  # (B, N or M, C*p*p)
         if active is not None:
             return out  # (B, M, C*p*p): velocities of the active tokens only

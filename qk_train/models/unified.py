@@ -159,6 +159,8 @@ class QKModel(nn.Module):
         if text_states is None:
             text_states = self.text_states(texts)
         text, text_mask = text_states
+        used = max(1, int(text_mask.sum(1).max()))  # keys past the longest text are padding: masked anyway
+        text, text_mask = text[:, :used], text_mask[:, :used]  # (B, used, Wt), (B, used)
         src = src * keep_img[:, None, None, None]
         region = region * keep_img[:, None, None, None]
         has_region = (region.flatten(1).amax(1) > 0).float()

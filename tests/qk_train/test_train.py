@@ -333,3 +333,77 @@ def test_trains_on_the_gpu_and_the_checkpoint_loads_on_the_cpu(tmp_path):
     out = Pipeline(model, steps=2).edit(sample.source, sample.instruction, sample.box, seed=1).image
     assert out.shape == (32, 32, 3)
     Trainer(cfg, tmp_path / "run", progress=False, device="cuda").run()  # resumes from the GPU checkpoint
+
+
+# --------------------------------------------------------------------------- wall clock and --data device
+
+
+def _same_weights(a_dir, b_dir):
+    a = load_file(str(a_dir / "final" / "model.safetensors"))
+    b = load_file(str(b_dir / "final" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_time_budget_stops_with_a_checkpoint_and_the_same_command_finishes_the_run(tmp_path, capsys):
+    base = ["--preset", "tiny", "--steps", "4", "--set", "train.checkpoint_every=1000", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "straight")]) == 0
+    budget = [*base, "--out", str(tmp_path / "budget"), "--time-budget", "0.0001"]  # 6 ms: one step per call
+    assert main(budget) == 0
+    assert "time budget of 0.0001 min spent" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "budget" / "checkpoints").iterdir()] == ["step-0000001"]
+    assert not (tmp_path / "budget" / "final").exists()
+    for _ in range(3):
+        assert main(budget) == 0
+    _same_weights(tmp_path / "straight", tmp_path / "budget")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_data_device_trains_the_same_weights_as_data_cpu(tmp_path):
+    base = ["--preset", "tiny", "--steps", "3", "--set", "train.edit_fraction=0.6", "--no-progress"]
+    assert main([*base, "--out", str(tmp_path / "cpu")]) == 0
+    assert main([*base, "--out", str(tmp_path / "device"), "--data", "device", "--data-workers", "1"]) == 0
+    _same_weights(tmp_path / "cpu", tmp_path / "device")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--time-budget", "-1"], "--time-budget -1: must be a number of minutes > 0"),
+    (["--time-budget", "0"], "--time-budget 0: must be a number of minutes > 0"),
+    (["--checkpoint-minutes", "0"], "--checkpoint-minutes 0: must be a number of minutes > 0"),
+    (["--checkpoint-minutes", "-0.5"], "--checkpoint-minutes -0.5: must be a number of minutes > 0"),
+    (["--data-workers", "-1", "--data", "device"], "--data-workers -1: must be >= 0"),
+    (["--data", "device", "--set", "data.caption_json=captions.json"], "use --data cpu"),
+])
+def test_cli_refuses_bad_wall_clock_and_data_values(flags, message, tmp_path, capsys):
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "x"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_killed_run_keeps_its_last_timed_checkpoint_and_the_same_command_resumes(tmp_path, capsys):
+    """SIGKILL (no handler runs) loses at most --checkpoint-minutes of training."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    args = ["--preset", "tiny", "--steps", "100000", "--set", "train.checkpoint_every=100000", "--set", "train.log_every=1",
+            "--checkpoint-minutes", "0.003", "--time-budget", "0.1", "--threads", "1", "--no-progress", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "qk_train.train", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    saved = []
+    while not saved and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        saved = sorted((out / "checkpoints").glob("step-*")) if (out / "checkpoints").exists() else []
+    assert proc.poll() is None, proc.stderr.read()  # still training: only the clock wrote checkpoints
+    proc.kill()
+    proc.communicate(timeout=60)
+    saved = sorted((out / "checkpoints").glob("step-*"))
+    assert saved, "no checkpoint survived the kill"
+    step = int(saved[-1].name.split("-")[1])
+    assert step >= 1
+    assert main(args) == 0  # the same command: resumes, trains until the 6 s budget is spent, checkpoints
+    err = capsys.readouterr().err
+    assert f"resuming from {saved[-1]}" in err and "time budget of 0.1 min spent" in err
+    assert int(sorted((out / "checkpoints").glob("step-*"))[-1].name.split("-")[1]) > step

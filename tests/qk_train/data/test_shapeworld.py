@@ -1,5 +1,6 @@
 """ShapeWorld generator: determinism, splits, layout invariants and every edit kind."""
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,9 +14,13 @@ from qk_train.data.shapeworld import (
     SHAPES,
     SIZE_RANGES,
     SPLITS,
+    TEXTURE_SIGMA,
     Obj,
     Scene,
     caption,
+    change_mask,
+    edit_layout,
+    generation_layout,
     make_edit,
     make_generation,
     make_scene,
@@ -23,7 +28,10 @@ from qk_train.data.shapeworld import (
     object_mask,
     position_name,
     render,
+    render_edit,
+    texture,
 )
+from qk_runtime.noise import portable_normal
 
 SIDES = (32, 48, 64, 80)
 COLOURS = "|".join(PALETTE)
@@ -346,3 +354,73 @@ def test_hand_checked_sample():
     assert s.box == (45, 5, 58, 18)
     assert s.mask.sum() == 13 * 13
     assert tuple(s.source[11, 51]) == PALETTE["magenta"] and tuple(s.target[11, 51]) == PALETTE["blue"]
+
+
+# --------------------------------------------------------------------------- texture and layouts
+
+
+def test_texture_is_the_portable_generator():
+    # a change here changes every ShapeWorld image (and the torch renderer must follow)
+    img = render(Scene(32, "charcoal", (), 0))
+    assert img[0, :3].tolist() == [[37, 53, 49], [48, 47, 51], [49, 44, 52]]  # 48 + 6 * (-1.884, 0.865, 0.228, ...)
+    for scene in (make_scene("train", 5, 48), Scene(40, "olive", (), 2**32 - 1)):
+        side = scene.side
+        tex = portable_normal(scene.texture_seed, (side, side, 3)) * np.float32(TEXTURE_SIGMA)
+        assert tex.dtype == np.float32 and np.array_equal(texture(scene.texture_seed, side), tex)
+        base = np.asarray(BACKGROUNDS.get(scene.background, EXTRA_BACKGROUNDS.get(scene.background)), np.float64)
+        want = np.clip(np.rint(base + tex.astype(np.float64)), 0, 255).astype(np.uint8)
+        covered = np.zeros((side, side), bool)
+        for o in scene.objects:
+            covered |= object_mask(o, side)
+        assert np.array_equal(render(scene)[~covered], want[~covered])
+
+
+def test_no_texture_value_can_equal_an_object_colour():
+    # what lets change_mask (objects only) stand for the pixel difference: the texture's reach
+    # (|portable_normal| <= sqrt(-2 ln 2^-53), times sigma, plus rounding) stays below the
+    # smallest per-channel gap between a palette colour and a background
+    reach = np.sqrt(-2.0 * np.log(2.0 ** -53)) * TEXTURE_SIGMA + 0.5
+    gap = min(max(abs(a - b) for a, b in zip(p, q))
+              for p in PALETTE.values() for q in (*BACKGROUNDS.values(), *EXTRA_BACKGROUNDS.values()))
+    assert reach < 52 and gap >= 72
+
+
+def test_change_mask_is_the_pixel_difference():
+    red = Obj("circle", "red", "large", 20.5, 20.5, 10.0)
+    sq = Obj("square", "red", "small", 26.5, 26.5, 6.0)  # overlaps the circle, same colour
+    cases = [((red,), (red,)), ((red,), (red, sq)), ((red, sq), (sq, red)), ((), (sq,)),
+             ((red,), (replace(red, colour="blue"),)), ((red, sq), (replace(sq, colour="red"), replace(red, colour="blue")))]
+    for a, b in cases:
+        sa, sb = Scene(48, "slate", a, 11), Scene(48, "slate", b, 11)
+        assert np.array_equal(change_mask(sa, sb), (render(sa) != render(sb)).any(-1)), (a, b)
+    assert not change_mask(Scene(48, "slate", (red,), 11), Scene(48, "slate", (red,), 11)).any()
+    with pytest.raises(ValueError, match="same side, background and texture_seed"):
+        change_mask(Scene(48, "slate", (red,), 11), Scene(48, "slate", (red,), 12))
+
+
+@pytest.mark.parametrize("kind", EDIT_KINDS)
+def test_edit_layout_decides_what_make_edit_renders(kind):
+    """The layout's box and redraw decision come from object masks; the pixels agree at every side."""
+    for side in SIDES:
+        for i in range(75):
+            layout = edit_layout("train", 1000 * side + i, side, kind)
+            s = make_edit("train", 1000 * side + i, side, kind)
+            assert (s.source_scene, s.target_scene, s.instruction, s.kind, s.target_obj, s.old_obj, s.box) == (
+                layout.source_scene, layout.target_scene, layout.instruction, layout.kind, layout.target_obj,
+                layout.old_obj, layout.box)
+            pixels = (render(layout.source_scene) != render(layout.target_scene)).any(-1)
+            assert pixels.any() and np.array_equal(s.mask, pixels)
+            assert np.array_equal(change_mask(layout.source_scene, layout.target_scene), pixels)
+            want = mask_box(object_mask(layout.target_obj, side)) if kind == "insert" else mask_box(pixels)
+            assert layout.box == want
+            if i < 3:
+                r = render_edit(layout)
+                assert np.array_equal(r.source, s.source) and np.array_equal(r.target, s.target)
+
+
+def test_generation_layout_is_make_generations_scene_and_caption():
+    for side in SIDES:
+        for i in range(25):
+            layout = generation_layout("val", i, side, backgrounds=("navy", "olive"))
+            image, text, scene = make_generation("val", i, side, backgrounds=("navy", "olive"))
+            assert (layout.scene, layout.caption) == (scene, text) and np.array_equal(image, render(layout.scene))
