@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from qk_runtime.contract import FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS, TOKENIZER
+from qk_runtime.contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS,
+                                 TOKENIZER)
 from qk_train import checkpoint as ckpt
 from qk_train.config import ConfigError
 from qk_train.models.unified import QKModel
@@ -124,6 +125,11 @@ def sampler_settings(model: QKModel) -> dict:
     }
 
 
+def composite_settings(model: QKModel) -> dict:
+    """The manifest's `composite` entry: the reference pipeline's compositing (its defaults)."""
+    return Pipeline(model).composite.to_dict()
+
+
 def _fsync_tree(folder: Path) -> None:
     for p in folder.iterdir():
         if p.is_file():
@@ -155,10 +161,11 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
                           f"export without --text-encoder-from")
     if (other / TOKENIZER).read_text() != model.tokenizer.to_str():
         raise ExportError(f"--text-encoder-from {other}: its tokenizer differs from this checkpoint's")
-    if theirs["format_version"] != FORMAT_VERSION:
-        raise ExportError(f"--text-encoder-from {other}: written in bundle format {theirs['format_version']}, this "
-                          f"export writes {FORMAT_VERSION} (its text encoder's inputs differ); re-export {other} first")
     graph = theirs["graphs"]["text_encoder"]
+    want = model_specs(model, region=False)["text_encoder"].to_dict()
+    if (graph.get("inputs"), graph.get("outputs")) != (want["inputs"], want["outputs"]):
+        raise ExportError(f"--text-encoder-from {other}: written in bundle format {theirs['format_version']}, whose text "
+                          f"encoder's inputs differ from format {FORMAT_VERSION}'s; re-export {other} first")
     rel = os.path.relpath((other / graph["file"]).resolve(), out.resolve())
     if not rel.startswith(".."):
         raise ExportError(f"--text-encoder-from {other}: must be a bundle beside --out, not inside it")
@@ -176,9 +183,9 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     of its own (the manifest points at it by relative path and records its sha256 and precision),
     so that bundles of one model shipped together store the encoder once.
 
-    `format_version`: an older bundle format (1 or 2: no decoder_cond, the steps take the text),
-    for checking that runtimes still read what earlier versions wrote; the CLI always writes the
-    current one.
+    `format_version`: an older bundle format (1 or 2: no decoder_cond, the steps take the text;
+    1 to 3: no `composite` entry, runtimes composite by the gate alone), for checking that runtimes
+    still read what earlier versions wrote; the CLI always writes the current one.
 
     `int8_float`: the groups of layers an INT8 bundle keeps in float (`qk_export.quantize.FLOAT_GROUPS`;
     default `DEFAULT_FLOAT`, () quantizes every MatMul/Gemm with a weight). `int8_strict` False
@@ -236,6 +243,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
                            **({"external_data": DECODER_WEIGHTS} if shared_weights and n in ("decoder", "decoder_region") else {})}
                        for n, s in specs.items()},
             "sampler": sampler_settings(model),
+            **({"composite": composite_settings(model)} if format_version >= COMPOSITE_FORMAT_VERSION else {}),
             "files": {},
             "parity": report,
             "quantization": quantization,

@@ -16,7 +16,12 @@ An edit, step by step (the runtimes follow the same order):
    with m (v = m v_pred + (1 - m) (x - source) / sigma), combines them
    v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with
    two branches), and takes an Euler step;
-5. the codec decodes; pixels outside m (at pixel resolution) are the source's own.
+5. the codec decodes; pixels outside m (at pixel resolution) are the source's own, and with
+   `composite="changed"` (the default) so are the pixels inside m that the edit leaves as they
+   were: the source latent is decoded too, and where the two decodings agree (mean RGB
+   difference below `change_lo`, ramping to the decoded image's at `change_hi`, widened by
+   `change_widen` 3 x 3 max filters) the source's own pixels are kept (`qk_runtime.composite`,
+   the rule every runtime applies; bundles carry it in their manifest's `composite` entry).
 
 `sparse="region"` runs the decoder on the active tokens plus a halo only, the token count
 rounded up to a bucket (a quarter, half, three quarters or all of the tokens).
@@ -30,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from qk_runtime.composite import Composite, composite as composite_images
 from qk_runtime.noise import portable_normal
 from qk_runtime.sampler import edit_branches
 # the runtime's rule (buckets qk_runtime.contract.REGION_BUCKETS), so reference and runtimes run the same tokens
@@ -38,11 +44,24 @@ from qk_runtime.session import active_token_indices
 from .models.unified import QKModel
 
 
+# compositing thresholds (qk_runtime.composite kind "changed"), chosen on 200 validation edits
+# (benchmarks/seam_compositing.py, benchmarks/results/cpu-2core/seam_compositing.md): lo above the
+# background colour drift the decoder leaves inside the gate, hi below the smallest ShapeWorld
+# colour change (yellow <-> orange, 0.118), one widening so that object edges are not cut (inside
+# error 0.0579 vs 0.0577 gate only, 0.0595 without); seam inside the gate 0.035 -> 0.016 (median
+# per edit 0.023 -> 0.002), success unchanged (0.685, no edit flips)
+CHANGE_LO = 0.05
+CHANGE_HI = 0.10
+CHANGE_WIDEN = 1
+
+
 @dataclass
 class PipelineOutput:
     image: np.ndarray  # (H, W, 3) uint8
     gate: np.ndarray | None = None  # (grid, grid) per-token gate in [0, 1] (edits)
     active_tokens: int | None = None  # tokens the decoder ran on (region mode)
+    decoded: np.ndarray | None = None  # (3, S, S) float32 in [-1, 1]: the codec's decoding, before compositing (edits)
+    source_decoded: np.ndarray | None = None  # (3, S, S) the decoded source latent (edits with composite "changed")
     extras: dict = field(default_factory=dict)
 
 
@@ -69,9 +88,12 @@ def check_box(box, width: int, height: int) -> tuple[int, int, int, int]:
 
 
 class Pipeline:
-    # defaults chosen on the validation split (benchmarks/sampler_sweep.py; README "Sampler settings")
+    # defaults chosen on the validation split (benchmarks/sampler_sweep.py; README "Sampler settings";
+    # compositing: benchmarks/seam_compositing.py)
     def __init__(self, model: QKModel, *, steps: int = 20, text_guidance: float = 3.0,
-                 image_guidance: float = 1.0, gate_threshold: float | None = 0.3, gen_guidance: float = 5.0):
+                 image_guidance: float = 1.0, gate_threshold: float | None = 0.3, gen_guidance: float = 5.0,
+                 composite: str = "changed", change_lo: float = CHANGE_LO, change_hi: float = CHANGE_HI,
+                 change_widen: int = CHANGE_WIDEN):
         self.model = model.eval()
         self.cfg = model.cfg
         self.steps = steps
@@ -79,6 +101,9 @@ class Pipeline:
         self.image_guidance = image_guidance
         self.gen_guidance = gen_guidance
         self.gate_threshold = gate_threshold
+        # the edit's compositing (module doc, step 5); composite="gate": every pixel inside m is the decoder's
+        self.composite = (Composite(composite, change_lo, change_hi, change_widen) if composite == "changed"
+                          else Composite(composite))
 
     # ------------------------------------------------------------------ helpers
 
@@ -223,10 +248,13 @@ class Pipeline:
                 v_ti, v_ui, v_uu = v[:n], v[n:2 * n], v[2 * n:]
                 v = v_uu + s_img * (v_ui - v_uu) + s_txt * (v_ti - v_ui)
             x = sched.step(v, t, x).prev_sample
-        out = m.codec.decode(x)  # (n, 3, S, S)
-        if m.cmg is not None:  # pixels outside the active region are the source's own
+        decoded = m.codec.decode(x).numpy()  # (n, 3, S, S)
+        src_dec, out = None, decoded
+        if m.cmg is not None:  # outside the active region, and where the edit changed nothing, the source's own pixels
             pix = F.interpolate(gate_map, scale_factor=m.factor, mode="nearest") if m.factor > 1 else gate_map
-            out = pix * out + (1 - pix) * src_px
+            src_dec = m.codec.decode(src).numpy() if self.composite.decodes_source else None  # (n, 3, S, S)
+            out = composite_images(decoded, src_px.numpy(), pix.numpy(), self.composite, src_dec)
+        out = torch.from_numpy(out)
         results = []
         for k in range(n):
             result = _to_uint8(out[k])
@@ -234,7 +262,8 @@ class Pipeline:
             if (H0, W0) != (side, side):
                 result = np.asarray(Image.fromarray(result).resize((W0, H0), Image.BILINEAR))
             results.append(PipelineOutput(image=result, gate=gate[k].reshape(gh, gw).numpy(),
-                                          active_tokens=None if active is None else int(active.shape[1])))
+                                          active_tokens=None if active is None else int(active.shape[1]),
+                                          decoded=decoded[k], source_decoded=None if src_dec is None else src_dec[k]))
         return results
 
 

@@ -2,9 +2,11 @@
 
 A bundle is ONNX graphs named by the export contract (`contract.py`), a `tokenizer.json`, and
 a `manifest.json` holding the model's dims, the graphs' tensor specs and TensorRT profiles, the
-sampler settings, and a sha256 per file. `open_bundle` refuses anything it cannot run: another
-format or version, a missing graph, a graph whose inputs differ from the contract, or a file
-whose bytes differ from the hash the manifest recorded (re-export to fix).
+sampler settings, the compositing (format 4's `composite`, `composite.py`; without it the gate
+alone), and a sha256 per file. `open_bundle` refuses anything it cannot run: another format or
+version, a missing graph, a graph whose inputs differ from the contract, a `composite` entry it
+does not know or in a manifest older than format 4, or a file whose bytes differ from the hash
+the manifest recorded (re-export to fix).
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs
+from .composite import GATE_ONLY, Composite
+from .contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION,
+                       TOKENIZER, Dims, graph_specs)
 from .errors import BundleError
 
 FORMAT = "qk-bundle"
@@ -71,6 +75,7 @@ class Bundle:
     sampler: SamplerConfig
     tokenizer_path: Path
     files: dict[str, str]  # relative name -> sha256
+    composite: Composite = GATE_ONLY  # how an edit's output meets its source (format 4's `composite`)
 
     @property
     def name(self) -> str:
@@ -266,6 +271,20 @@ def _sampler(manifest: dict, where: str) -> SamplerConfig:
     return cfg
 
 
+def _composite(manifest: dict, where: str) -> Composite:
+    """The manifest's `composite` entry (format 4 on); without one (formats 1-3), the gate alone."""
+    version = manifest["format_version"]
+    if "composite" not in manifest:
+        return GATE_ONLY
+    if version < COMPOSITE_FORMAT_VERSION:
+        raise BundleError(f"{where}: 'composite' needs format_version {COMPOSITE_FORMAT_VERSION} or newer (this manifest "
+                          f"has {version}, whose runtimes ignore it); {EXPORT_HINT}")
+    try:
+        return Composite.from_dict(manifest["composite"])
+    except ValueError as exc:
+        raise BundleError(f"{where}: 'composite' {exc}; {EXPORT_HINT}") from exc
+
+
 def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     """Read and check a bundle folder. `verify=False` skips the sha256 of each file (not the rest)."""
     folder = Path(path)
@@ -295,4 +314,5 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         sampler=_sampler(manifest, where),
         tokenizer_path=folder / TOKENIZER,
         files=dict(files),
+        composite=_composite(manifest, where),
     )

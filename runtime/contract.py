@@ -15,7 +15,12 @@ from dataclasses import dataclass
 # kontext, flags -> every block's cross-attention keys and values, their padding bias, the
 # pooled-text + flags embedding), run once per edit; the decoder steps take its outputs instead
 # of text / text_mask / kontext / flags. Runtimes still read 1 and 2.
-FORMAT_VERSION = 3
+# 4: the manifest's `composite` entry says how an edit's output is composited with its source
+# (`composite.py`: kind "gate", or "changed" with lo / hi / widen, which decodes the source latent
+# too); graphs as in 3. Bundles of formats 1-3 have no entry and composite by the gate only.
+FORMAT_VERSION = 4
+# the first format whose manifest carries `composite`
+COMPOSITE_FORMAT_VERSION = 4
 MIN_FORMAT_VERSION = 1
 # the decoder_cond outputs every step of an edit reads (format 3)
 STEP_CONDITION = ("cond_kv", "cond_bias", "cond_emb")

@@ -22,7 +22,10 @@ The sampler reproduces `qk_train.pipeline.Pipeline` step for step (see its modul
    two branches) and takes an Euler step;
    `sparse="region"` runs the region decoder on the active tokens plus a halo only;
 5. the image decoder decodes; outside m (nearest-upsampled to pixels) the source's own pixels
-   are kept; uint8 = round((clamp(x, -1, 1) + 1) * 127.5); resized back to the input's size.
+   are kept, and with the bundle's compositing `changed` (format 4's manifest entry `composite`)
+   the image decoder also decodes the source latent, and inside m too the source's own pixels
+   are kept where the two decodings agree (`composite.py`); uint8 = round((clamp(x, -1, 1) + 1)
+   * 127.5); resized back to the input's size.
 The initial noise is `noise.portable_normal(seed, (1, C, h, w))`, the same in every runtime.
 
 Threads: a session may be shared between threads. `edit` and `generate` hold the session's lock
@@ -44,6 +47,7 @@ from tokenizers import Tokenizer
 
 from .backend import Backend, choose, make_backend
 from .bundle import Bundle, open_bundle
+from .composite import composite
 from .contract import REGION_BUCKETS, STEP_CONDITION
 from .errors import BundleError, InputError
 from .inputs import check_box, check_text, check_threads, load_image, resize_rgb, scale_box
@@ -402,11 +406,16 @@ class EditSession:
         t0 = time.perf_counter()
         out = be.infer("image_decoder", {"latent": x})["image"]  # (1, 3, S, S)
         timings["image_decoder"] = _ms(t0)
+        comp, src_dec = self.bundle.composite, None
+        if self.bundle.has_cmg and comp.decodes_source:
+            t0 = time.perf_counter()
+            src_dec = be.infer("image_decoder", {"latent": src})["image"]  # (1, 3, S, S)
+            timings["source_decoder"] = _ms(t0)
         t0 = time.perf_counter()
-        if self.bundle.has_cmg:  # outside the active region, the source's own pixels
+        if self.bundle.has_cmg:  # outside the active region, and where the edit changed nothing, the source's own pixels
             f = self.bundle.dims.factor
             pix = np.repeat(np.repeat(gate_map, f, axis=2), f, axis=3) if f > 1 else gate_map
-            out = pix * out + (1.0 - pix) * src_px
+            out = composite(out, src_px, pix, comp, src_dec)
         result = to_uint8(out[0])
         if (H0, W0) != (S, S):
             result = resize_rgb(result, W0, H0)

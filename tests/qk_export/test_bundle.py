@@ -20,7 +20,7 @@ def _manifest(bundle):
 
 def test_manifest_lists_every_graph_with_its_contract_and_profiles(bundles, tiny_checkpoint):
     m = _manifest(bundles["fp32"])
-    assert m["format"] == "qk-bundle" and m["format_version"] == 3
+    assert m["format"] == "qk-bundle" and m["format_version"] == 4
     assert m["graphs"]["text_encoder"]["inputs"][0]["shape"] == ["batch", "text_tokens"]  # format 2: any token count
     # format 3: the steps read decoder_cond's outputs, made once per edit, and no longer the text
     step_inputs = [t["name"] for t in m["graphs"]["decoder"]["inputs"]]
@@ -54,6 +54,14 @@ def test_sampler_settings_are_the_reference_pipelines(bundles):
     assert tuple(s[k] for k in keys) == tuple(pipe[k] for k in keys)
     assert s["scheduler"] == "FlowMatchEulerDiscreteScheduler" and s["shift"] == 1.0 and s["codec"] == "pixel"
     assert s["region_buckets"] == [k / 8 for k in range(1, 9)] and s["halo"] == 1
+
+
+def test_composite_is_the_reference_pipelines(bundles):
+    """Format 4: every runtime composites an edit with its source as the pipeline's defaults say."""
+    pipe = Pipeline.__init__.__kwdefaults__
+    for name in ("fp32", "int8_region"):
+        assert _manifest(bundles[name])["composite"] == {
+            "kind": pipe["composite"], "lo": pipe["change_lo"], "hi": pipe["change_hi"], "widen": pipe["change_widen"]}
 
 
 def test_region_profile_holds_every_bucket(bundles):

@@ -108,6 +108,7 @@ def test_edit_with_box_is_bit_equal(fp32_repo, reference, source_image):
     assert np.array_equal(out["gate"], ref.gate)
     assert set(infer.calls) == {"text_encoder", "image_encoder", "gateway", "cmg", "decoder_cond", "decoder", "image_decoder"}
     assert infer.calls.count("decoder") == reference.bundle.sampler.steps and infer.calls.count("decoder_cond") == 1
+    assert reference.bundle.composite.decodes_source and infer.calls.count("image_decoder") == 2  # the output, the source
 
 
 def test_edit_without_box_any_size_is_bit_equal(fp32_repo, reference, source_image):

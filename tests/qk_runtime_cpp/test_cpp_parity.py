@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cpp_helpers import THREADS, probe
@@ -77,17 +78,21 @@ def test_int8_parity_on_20_shapeworld_edits(cpp_build, int8_bundle, shapeworld_e
     _check(rows)
 
 
-def test_soft_gate_parity(cpp_build, fp32_bundle, shapeworld_edits, tmp_path):
-    """gate_threshold null: the soft gate blends decoded and source pixels everywhere, so every
-    pixel of the output depends on the decoder (the same bundle otherwise)."""
+@pytest.mark.parametrize("composite", ["gate", "exported"])
+def test_soft_gate_parity(cpp_build, fp32_bundle, shapeworld_edits, tmp_path, composite):
+    """gate_threshold null: the soft gate blends decoded and source pixels everywhere; with
+    compositing by the gate alone every pixel of the output depends on the decoder (the same
+    bundle otherwise), with the exported `changed` the soft gate scales the change weight."""
     import shutil
 
     soft = Path(shutil.copytree(fp32_bundle, tmp_path / "soft"))
     manifest = json.loads((soft / "manifest.json").read_text())
     manifest["sampler"]["gate_threshold"] = None
+    if composite == "gate":
+        manifest["composite"] = {"kind": "gate"}
     (soft / "manifest.json").write_text(json.dumps(manifest))
     rows = _run_both(cpp_build, soft, shapeworld_edits[:6], tmp_path, "none")
-    _check(rows, min_changed=6 * 32 * 32 // 2)
+    _check(rows, min_changed=6 * 32 * 32 // 2 if composite == "gate" else 1)
 
 
 def test_three_branch_parity(cpp_build, fp32_bundle, region_bundle, shapeworld_edits, tmp_path):
@@ -123,3 +128,75 @@ def test_resized_input_and_steps(cpp_build, fp32_bundle, tmp_path):
     got = np.asarray(Image.open(job["out"]))
     assert got.shape == (45, 70, 3)
     assert int(np.abs(got.astype(int) - py.image.astype(int)).max()) <= TOLERANCE
+
+
+def _composite_thresholds(tiny_checkpoint, edits, widen: int) -> tuple[float, float]:
+    """lo / hi at quantiles of the decoded output's difference to the decoded source inside the
+    gate (torch reference, these edits) such that some gated pixels get weight 0 and some a
+    weight strictly between 0 and 1 once widened."""
+    import torch
+
+    from qk_runtime.composite import Composite, change_weight
+    from qk_train.models.unified import QKModel
+    from qk_train.pipeline import Pipeline
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipe = Pipeline(QKModel.from_checkpoint(tiny_checkpoint))
+        outs = [pipe.edit(np.asarray(Image.open(e["image"]).convert("RGB")), e["instruction"], e["box"], seed=e["seed"])
+                for e in edits]
+    finally:
+        torch.set_num_threads(threads)
+    ds, insides = [], []
+    for o in outs:
+        g = o.gate.shape[0]
+        inside = np.kron(o.gate > pipe.gate_threshold, np.ones((32 // g, 32 // g), bool))
+        ds.append(np.abs(o.decoded - o.source_decoded).mean(0) / 2)
+        insides.append(inside)
+    d_in = np.concatenate([d[i] for d, i in zip(ds, insides)])
+    assert d_in.size, "the tiny model gated no token on these edits: the test would check nothing"
+    for q in (0.5, 0.6, 0.7, 0.8, 0.9):
+        lo, hi = (round(float(v), 4) for v in np.quantile(d_in, [q, (1 + q) / 2]))
+        if not lo < hi:
+            continue
+        c = Composite("changed", lo, hi, widen)
+        w = np.concatenate([change_weight(o.decoded[None], o.source_decoded[None], c)[0, 0][i] for o, i in zip(outs, insides)])
+        if (w == 0).mean() >= 0.03 and ((w > 0) & (w < 1)).mean() >= 0.03:
+            return lo, hi
+    raise AssertionError(f"no thresholds give partial weights (differences {np.quantile(d_in, [0, 0.5, 1])})")
+
+
+def test_compositing_parity(cpp_build, fp32_bundle, region_bundle, tiny_checkpoint, shapeworld_edits, tmp_path):
+    """The manifest's compositing, dense and region: `changed` with thresholds that give partial
+    weights and a widening (the second image decoder run, the weight, the 3 x 3 max filter), and no
+    entry (the gate alone, as bundles before format 4). C++ equals Python."""
+    import shutil
+
+    from qk_runtime import EditSession
+
+    edits = [e for e in shapeworld_edits if e["box"] is not None][:6]
+    lo, hi = _composite_thresholds(tiny_checkpoint, edits, widen=2)
+    for bundle, sparse in ((fp32_bundle, "none"), (region_bundle, "region")):
+        images = {}
+        for name, entry in (("changed", {"kind": "changed", "lo": lo, "hi": hi, "widen": 2}), ("gate", None)):
+            folder = tmp_path / f"{sparse}-{name}"
+            copy = Path(shutil.copytree(bundle, folder / "bundle"))
+            manifest = json.loads((copy / "manifest.json").read_text())
+            if entry is None:
+                del manifest["composite"]
+                manifest["format_version"] = 3
+            else:
+                manifest["composite"] = entry
+            (copy / "manifest.json").write_text(json.dumps(manifest))
+            (folder / "out").mkdir()
+            rows = _run_both(cpp_build, copy, edits, folder / "out", sparse)
+            _check(rows)
+            assert all(("source_decoder" in r["keys"]) == (entry is not None) for r in rows)
+            with EditSession(copy, backend="ort-cpu", threads=THREADS) as s:
+                images[name] = [s.edit(e["image"], e["instruction"], box=tuple(e["box"]), seed=e["seed"], sparse=sparse).image
+                                for e in edits]
+        # not vacuous: inside the gate `changed` kept source pixels that the gate alone replaced
+        kept = sum(int(((c == src).all(-1) & (g != src).any(-1)).sum()) for c, g, src in
+                   zip(images["changed"], images["gate"], (np.asarray(Image.open(e["image"]).convert("RGB")) for e in edits)))
+        assert kept > 0

@@ -274,9 +274,9 @@ def test_bundle_checks(cpp_build, fp32_bundle, tmp_path):
 
     manifest["format_version"] = 0
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
-    assert "this runtime reads 1..3" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
+    assert "this runtime reads 1..4" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
 
-    manifest["format_version"] = 2  # a format-3 manifest read as 2: its dims name the decoder depth
+    manifest["format_version"] = 2  # a format-4 manifest read as 2: its dims name the decoder depth
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
     assert "'dims' must have exactly" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
 
@@ -298,3 +298,35 @@ def test_external_weights_missing_from_files_are_refused(cpp_build, region_bundl
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = probe(cpp_build, "bundle", copy, ok=False)
     assert out["error"] == 2 and "external data \"decoder.weights\" has no sha256 in 'files'" in out["message"], out
+
+
+@pytest.mark.parametrize("change", [
+    None,  # the exported entry, read as Python reads it
+    lambda m: m.update(composite={"kind": "gate"}),
+    lambda m: m.pop("composite"),
+    lambda m: m.update(composite={"kind": "feather"}),
+    lambda m: m.update(composite={"kind": "gate", "lo": 0.1}),
+    lambda m: m["composite"].pop("widen"),
+    lambda m: m["composite"].update(lo=0.5, hi=0.4),
+    lambda m: m["composite"].update(lo="0.1"),
+    lambda m: m["composite"].update(widen=1.5),
+    lambda m: m["composite"].update(widen=9),
+    lambda m: m["composite"].update(sigma=2),
+    lambda m: m.update(format_version=3),  # an entry older runtimes would ignore
+])
+def test_composite_entries_are_read_and_refused_as_in_python(cpp_build, fp32_bundle, tmp_path, change):
+    from qk_runtime.bundle import open_bundle
+    from qk_runtime.errors import BundleError
+
+    copy = Path(shutil.copytree(fp32_bundle, tmp_path / "b"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    if change is not None:
+        change(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    try:
+        want = open_bundle(copy, verify=False).composite.to_dict()
+    except BundleError as exc:
+        out = probe(cpp_build, "bundle", copy, ok=False)
+        assert out["error"] == 2 and "'composite'" in out["message"] and "'composite'" in str(exc), (out, exc)
+        return
+    assert probe(cpp_build, "bundle", copy)["composite"] == want

@@ -1,6 +1,7 @@
 #include "bundle.hpp"
 
 #include <array>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -19,6 +20,7 @@ const char* kNoise = "splitmix64-boxmuller-v1";
 const char* kScheduler = "FlowMatchEulerDiscreteScheduler";
 const char* kHint = "re-export it with qk-export (for example: qk-export --model CKPT --out DIR)";
 const char* kRequired[] = {"text_encoder", "image_encoder", "image_decoder", "decoder"};
+constexpr long long kMaxWiden = 8;  // composite.py MAX_WIDEN
 
 std::string dump(const json& j) { return j.dump(); }
 
@@ -217,6 +219,42 @@ SamplerConfig read_sampler(const json& s, const std::string& where) {
     return c;
 }
 
+// runtime/bundle.py _composite and composite.py Composite.from_dict
+Composite read_composite(const json& m, int format_version, const std::string& where) {
+    Composite c;
+    if (!m.contains("composite")) return c;  // formats 1-3: the gate alone
+    if (format_version < kCompositeFormatVersion)
+        throw BundleError(where + ": 'composite' needs format_version " + std::to_string(kCompositeFormatVersion) +
+                          " or newer (this manifest has " + std::to_string(format_version) + ", whose runtimes ignore it); " + kHint);
+    const json& raw = m["composite"];
+    const std::string bad = where + ": 'composite' ";
+    if (!raw.is_object() || !raw.contains("kind"))
+        throw BundleError(bad + "must be an object with a 'kind' (gate or changed), got " + dump(raw) + "; " + kHint);
+    const json& kind = raw["kind"];
+    if (kind != json("gate") && kind != json("changed"))
+        throw BundleError(bad + "kind " + dump(kind) + " is not one this runtime applies; choose one of gate, changed; " + kHint);
+    const bool gate = kind == json("gate");
+    for (const auto& [k, _] : raw.items())
+        if (k != "kind" && (gate || (k != "lo" && k != "hi" && k != "widen")))
+            throw BundleError(bad + "has an unknown key '" + k + "' for kind " + dump(kind) + "; " + kHint);
+    if (gate) return c;
+    for (const char* k : {"lo", "hi", "widen"})
+        if (!raw.contains(k)) throw BundleError(bad + "kind \"changed\" needs '" + k + "'; " + kHint);
+    for (const char* k : {"lo", "hi"})
+        if (!raw[k].is_number() || !std::isfinite(raw[k].get<double>()))
+            throw BundleError(bad + k + "=" + dump(raw[k]) + "; must be a finite number in [0, 1]; " + kHint);
+    c.kind = Composite::Kind::Changed;
+    c.lo = raw["lo"].get<double>();
+    c.hi = raw["hi"].get<double>();
+    if (!(0.0 <= c.lo && c.lo < c.hi && c.hi <= 1.0))
+        throw BundleError(bad + "lo=" + dump(raw["lo"]) + ", hi=" + dump(raw["hi"]) + "; need 0 <= lo < hi <= 1; " + kHint);
+    const json& widen = raw["widen"];
+    if (!widen.is_number_integer() || widen.get<long long>() < 0 || widen.get<long long>() > kMaxWiden)
+        throw BundleError(bad + "widen=" + dump(widen) + "; must be an integer from 0 to " + std::to_string(kMaxWiden) + "; " + kHint);
+    c.widen = widen.get<int>();
+    return c;
+}
+
 }  // namespace
 
 const GraphInfo& Bundle::graph(const std::string& g) const {
@@ -364,6 +402,7 @@ Bundle open_bundle(const std::string& path, bool verify) {
     if (b.sparse_attn == "region" && !b.has_region())
         throw BundleError(where + ": sparse_attn is 'region' but the decoder_region graph is missing; " + kHint);
     b.sampler = read_sampler(m["sampler"], where);
+    b.composite = read_composite(m, m["format_version"].get<int>(), where);
     b.manifest = std::move(m);
     return b;
 }

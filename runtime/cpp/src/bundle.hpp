@@ -14,8 +14,10 @@
 
 namespace qk {
 
-constexpr int kFormatVersion = 3;     // 3: the decoder's per-edit conditioning is its own graph, decoder_cond
+constexpr int kFormatVersion = 4;     // 4: the manifest's `composite` entry (how an edit meets its source)
+                                      // 3: the decoder's per-edit conditioning is its own graph, decoder_cond
                                       // 2: the text encoder's token axis is dynamic
+constexpr int kCompositeFormatVersion = 4;  // the first format whose manifest carries `composite`
 constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
 // graphs INT8 bundles store weight-only (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS)
@@ -64,6 +66,19 @@ struct SamplerConfig {
     int halo = 1;
 };
 
+// How an edit's output is composited with its source (manifest `composite`, format 4;
+// runtime/composite.py). Gate (no entry): the source's pixels outside the gate. Changed: the
+// source latent is decoded too, and inside the gate the source's pixels are kept where the two
+// decodings agree: d = mean RGB |dec(x) - dec(src)| (0-1), w = clip((d - lo) / (hi - lo), 0, 1),
+// `widen` 3 x 3 max filters, k = pix w, out = k dec(x) + (1 - k) src.
+struct Composite {
+    enum class Kind { Gate, Changed };
+    Kind kind = Kind::Gate;
+    double lo = 0.0, hi = 1.0;
+    int widen = 0;
+    bool decodes_source() const { return kind == Kind::Changed; }
+};
+
 struct Bundle {
     std::string path;
     nlohmann::json manifest;
@@ -71,6 +86,7 @@ struct Bundle {
     std::string precision, sparse_attn;
     std::map<std::string, GraphInfo> graphs;
     SamplerConfig sampler;
+    Composite composite;
     std::string tokenizer_path;
     std::map<std::string, std::string> files;  // relative name -> sha256
 

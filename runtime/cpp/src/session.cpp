@@ -15,7 +15,10 @@
 //    branches) in float32 and takes an Euler step; sparse "region" runs the region decoder on
 //    the active tokens plus a halo;
 // 5. the image decoder decodes; outside m (nearest-upsampled to pixels) the source's pixels
-//    are kept; uint8 = round_half_even((clamp(x, -1, 1) + 1) * 127.5); resized back.
+//    are kept; with the bundle's compositing "changed" (manifest `composite`, format 4) the image
+//    decoder also decodes the source latent, and inside m too the source's pixels are kept where
+//    the two decodings agree (runtime/composite.py: weight from the mean RGB difference, lo / hi,
+//    `widen` 3 x 3 max filters); uint8 = round_half_even((clamp(x, -1, 1) + 1) * 127.5); resized back.
 // The initial noise is noise.cpp's portable_normal(seed, (1, C, h, w)), as in every runtime.
 //
 // Every tensor the graphs read or write is allocated when the session opens, and each graph is
@@ -126,8 +129,8 @@ struct Session::Impl {
 
     // text encoder (batch 1)
     Tensor ids, amask, hidden;
-    // image encoder / decoder (batch 1)
-    Tensor image, latent, dec_latent, dec_image;
+    // image encoder / decoder (batch 1); src_dec_image: the decoder's output for the source latent
+    Tensor image, latent, dec_latent, dec_image, src_dec_image;
     // CMG (batch 1)
     Tensor c_kontext, c_source, c_region, gate;
     // region decoder: one `active` tensor and bound call per bucket size
@@ -153,11 +156,11 @@ struct Session::Impl {
     };
     std::map<int, TextCall> text_calls;
     bool text_dynamic = false;
-    std::unique_ptr<PreparedCall> c_text, c_image_encoder, c_image_decoder, c_cmg;
+    std::unique_ptr<PreparedCall> c_text, c_image_encoder, c_image_decoder, c_source_decoder, c_cmg;
 
     bool have_empty = false;
     std::vector<float> empty_hidden, empty_mask;
-    std::vector<float> x1, v1, src_px, pix;  // work buffers
+    std::vector<float> x1, v1, src_px, pix, change_w, change_tmp;  // work buffers
 
     Impl(const std::string& dir, const SessionOptions& opts)
         : bundle(open_bundle(dir, opts.verify)),
@@ -192,9 +195,48 @@ struct Session::Impl {
         c_image_encoder = bind("image_encoder", {&image}, {&latent});
         c_image_decoder = bind("image_decoder", {&dec_latent}, {&dec_image});
         if (bundle.has_cmg()) c_cmg = bind("cmg", {&c_kontext, &c_source, &c_region}, {&gate});
+        if (bundle.has_cmg() && bundle.composite.decodes_source()) {  // the decoder again, on the encoder's latent
+            src_dec_image = Tensor("image", DType::F32, V{1, 3, S, S});
+            c_source_decoder = bind("image_decoder", {&latent}, {&src_dec_image});
+            change_w.assign(static_cast<std::size_t>(S) * S, 0.0f);
+            change_tmp.assign(change_w.size(), 0.0f);
+        }
         branches(edit_branches(bundle.sampler.image_guidance));  // the default edit's set
         if (bundle.has_region()) backend->load(bundle.graph("decoder_region"));
         open_ms = ms_since(t0);
+    }
+
+    // composite.py change_weight: decoded and decoded source (3, S, S) -> change_w (S, S), in float32
+    // in numpy's order: d = (|a_r - b_r| + |a_g - b_g| + |a_b - b_b|) / 6, w = clip((d - lo) / (hi - lo), 0, 1),
+    // then `widen` 3 x 3 max filters (rows, then columns; pixels outside the image do not count)
+    void change_weight(const float* a, const float* b) {
+        const Composite& c = bundle.composite;
+        const std::size_t ss = static_cast<std::size_t>(S) * S;
+        const float lo = static_cast<float>(c.lo), range = static_cast<float>(c.hi - c.lo);
+        for (std::size_t k = 0; k < ss; ++k) {
+            float d = std::fabs(a[k] - b[k]) + std::fabs(a[ss + k] - b[ss + k]);
+            d = d + std::fabs(a[2 * ss + k] - b[2 * ss + k]);
+            d = d / 6.0f;
+            float w = (d - lo) / range;
+            change_w[k] = std::min(std::max(w, 0.0f), 1.0f);
+        }
+        for (int pass = 0; pass < c.widen; ++pass) {
+            for (int y = 0; y < S; ++y)
+                for (int xx = 0; xx < S; ++xx) {
+                    float m = change_w[static_cast<std::size_t>(y) * S + xx];
+                    if (y > 0) m = std::max(m, change_w[static_cast<std::size_t>(y - 1) * S + xx]);
+                    if (y + 1 < S) m = std::max(m, change_w[static_cast<std::size_t>(y + 1) * S + xx]);
+                    change_tmp[static_cast<std::size_t>(y) * S + xx] = m;
+                }
+            for (int y = 0; y < S; ++y)
+                for (int xx = 0; xx < S; ++xx) {
+                    const std::size_t k = static_cast<std::size_t>(y) * S + xx;
+                    float m = change_tmp[k];
+                    if (xx > 0) m = std::max(m, change_tmp[k - 1]);
+                    if (xx + 1 < S) m = std::max(m, change_tmp[k + 1]);
+                    change_w[k] = m;
+                }
+        }
     }
 
     static Tokenizer load_tokenizer(const Bundle& b) { return Tokenizer::from_file(b.tokenizer_path, b.dims.max_length); }
@@ -475,12 +517,21 @@ struct Session::Impl {
         std::copy(x1.begin(), x1.end(), dec_latent.f.begin());
         c_image_decoder->run();
         timings["image_decoder"] = ms_since(t0);
+        if (c_source_decoder) {
+            t0 = Clock::now();
+            c_source_decoder->run();  // reads `latent`, the image encoder's output
+            timings["source_decoder"] = ms_since(t0);
+        }
         t0 = Clock::now();
         std::vector<float>& out = dec_image.f;  // (1, 3, S, S)
         if (bundle.has_cmg()) {
             for (int y = 0; y < S; ++y)
                 for (int xx = 0; xx < S; ++xx) pix[static_cast<std::size_t>(y) * S + xx] = gate_map.f[static_cast<std::size_t>(y / f) * h + xx / f];
             const std::size_t ss = static_cast<std::size_t>(S) * S;
+            if (c_source_decoder) {  // k = pix w: the source's pixels where the two decodings agree
+                change_weight(out.data(), src_dec_image.f.data());
+                for (std::size_t k = 0; k < ss; ++k) pix[k] = pix[k] * change_w[k];
+            }
             for (int c = 0; c < 3; ++c)
                 for (std::size_t k = 0; k < ss; ++k) {
                     float pv = pix[k];

@@ -144,8 +144,12 @@ int run(int argc, char** argv) {
         qk::Bundle b = qk::open_bundle(arg(2), true);
         json graphs = json::array();
         for (const auto& [name, _] : b.graphs) graphs.push_back(name);
+        const qk::Composite& c = b.composite;  // as composite.py Composite.to_dict writes it
+        json composite = c.kind == qk::Composite::Kind::Gate
+                             ? json{{"kind", "gate"}}
+                             : json{{"kind", "changed"}, {"lo", c.lo}, {"hi", c.hi}, {"widen", c.widen}};
         std::cout << json{{"precision", b.precision}, {"sparse_attn", b.sparse_attn}, {"graphs", graphs}, {"sha", b.sha()},
-                          {"steps", b.sampler.steps}}
+                          {"steps", b.sampler.steps}, {"composite", composite}}
                          .dump()
                   << "\n";
     } else if (cmd == "edits") {

@@ -152,8 +152,8 @@ const STAGES = [
   ["queue_wait", "queue wait"], ["decode", "decode upload"], ["preprocess", "preprocess"],
   ["image_encoder", "image encoder"], ["text_encoder", "text encoder"], ["gateway", "query gateway"],
   ["cmg", "cross-modal gate"], ["decoder", "decoder"], ["image_decoder", "image decoder"],
-  ["postprocess", "postprocess"], ["total", "runtime total"], ["encode", "encode PNG"],
-  ["server_total", "server total"],
+  ["source_decoder", "source decoder"], ["postprocess", "postprocess"], ["total", "runtime total"],
+  ["encode", "encode PNG"], ["server_total", "server total"],
 ];
 
 function showTimings(t, roundTripMs) {

@@ -98,7 +98,8 @@ const uint8_t* qk_result_rgb(const qk_result* result);
 int32_t qk_result_width(const qk_result* result);
 int32_t qk_result_height(const qk_result* result);
 /* Stage names: "preprocess", "image_encoder", "text_encoder", "gateway", "cmg", "decoder",
- * "image_decoder", "postprocess", "total". Returns -1 for an unknown name or a NULL argument. */
+ * "image_decoder", "postprocess", "total"; "decoder_cond" (bundle format 3 on) and
+ * "source_decoder" (compositing "changed", format 4). Returns -1 for an unknown name or a NULL argument. */
 double qk_result_timing_ms(const qk_result* result, const char* stage);
 /* Write the result as an 8-bit RGB PNG (written to a temporary name, then renamed). */
 qk_status qk_result_save_png(const qk_result* result, const char* path);
