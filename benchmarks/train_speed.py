@@ -48,12 +48,17 @@ BASELINE_STEPS = 14_000  # the shipped default's joint steps of batch 32
 EDIT_KEY, GEN_KEY = "edit_success_strict", "gen_accuracy"  # the figures minutes_to_reference needs
 
 
-def load_recipes() -> dict[str, dict]:
-    return yaml.safe_load(RECIPES.read_text())
+def load_recipes(path: Path = RECIPES) -> dict[str, dict]:
+    return yaml.safe_load(Path(path).read_text())
 
 
-def recipe_overrides(recipe: dict, total_steps: int | None = None) -> list[str]:
-    extra = ["train.ae_steps=0"]  # the codec comes from the shipped checkpoint
+def recipe_overrides(recipe: dict, total_steps: int | None = None, other_code: bool = False) -> list[str]:
+    # every recipe shares the shipped, frozen autoencoder; code without train.codec_from times the
+    # same joint step with an untrained one (no autoencoder stage either way)
+    if recipe.get("codec_from", "shipped") is None:  # the preset's own codec stage (e.g. tiny: pixels)
+        extra = []
+    else:
+        extra = ["train.ae_steps=0"] if other_code else [f"train.codec_from={SHIPPED}"]
     if total_steps is not None:
         extra.append(f"train.steps={total_steps}")
     return list(recipe.get("set", [])) + extra
@@ -75,13 +80,13 @@ def _step_seconds_from_log(log: Path, batch: int, skip: int) -> list[float]:
     recs = [json.loads(line) for line in log.read_text().splitlines()]
     recs = [r for r in recs if r.get("stage") == "main"]
     ends = [r["step"] * batch / r["img_s"] for r in recs]  # seconds since the stage's clock started
-    return [b - a for a, b in zip(ends, ends[1:])][skip:]
+    return [b - a for a, b in zip([0.0] + ends, ends)][skip:]
 
 
 def time_recipe(name: str, recipe: dict, steps: int, warmup: int, code: Path | None) -> dict:
     """Median seconds of one training step (batch, text, forward, backward, optimizer, EMA)."""
     with tempfile.TemporaryDirectory() as tmp:
-        sets = recipe_overrides(recipe) + ["train.log_every=1", f"train.checkpoint_every={steps + warmup + 10}"]
+        sets = recipe_overrides(recipe, other_code=code is not None) + ["train.log_every=1", f"train.checkpoint_every={steps + warmup + 10}"]
         cmd = [sys.executable, "-m", "qk_train.train", "--preset", recipe["preset"], "--out", f"{tmp}/run",
                "--max-steps", str(steps + warmup), "--threads", "2", "--no-progress"]
         for s in sets:
@@ -153,7 +158,7 @@ def reaches(point: dict, ref: dict) -> bool:
 
 
 def train_recipe(name: str, recipe: dict, budget: float, points: int, step_seconds: float, work: Path,
-                 n: int, gen_n: int, machine: str, baseline_seconds: float | None) -> dict:
+                 n: int, gen_n: int, folder: Path, machine: str, baseline_seconds: float | None) -> dict:
     import torch
 
     from qk_train import checkpoint as ckpt
@@ -164,7 +169,7 @@ def train_recipe(name: str, recipe: dict, budget: float, points: int, step_secon
     marks = [round(total * (k + 1) / points) for k in range(points)]
     cfg = resolve_config(recipe["preset"], recipe_overrides(recipe, total) + [f"train.checkpoint_every={max(50, total // 20)}"], None)
     run = work / "run"
-    out_json = results_dir(machine) / run_name(name, budget)
+    out_json = folder / run_name(name, budget)
     doc = json.loads(out_json.read_text()) if out_json.exists() else {}
     if doc.get("total_steps") != total or doc.get("step_seconds") != step_seconds:
         doc = {}
@@ -183,12 +188,7 @@ def train_recipe(name: str, recipe: dict, budget: float, points: int, step_secon
             continue
         trainer = Trainer(cfg, run, progress=False, max_steps=None)
         latest = ckpt.latest_checkpoint(run)
-        if latest is None:  # fresh: the shipped codec, frozen
-            weights = ckpt.load_weights(SHIPPED)
-            trainer.model.codec.load_state_dict({k[len("codec."):]: v for k, v in weights.items() if k.startswith("codec.")})
-            at = 0
-        else:
-            at = int(json.loads((latest / ckpt.STATE_META).read_text())["step"])
+        at = 0 if latest is None else int(json.loads((latest / ckpt.STATE_META).read_text())["step"])
         trainer.max_steps = mark - at
         tic = time.perf_counter()
         path = trainer.run() if mark > at else latest
@@ -202,20 +202,20 @@ def train_recipe(name: str, recipe: dict, budget: float, points: int, step_secon
             ckpt.release(Path(path), kept)
         doc["points"].append(point)
         print(f"{name} step {mark} ({point['minutes']:.1f} min): {headline(point)}", flush=True)
-        _finish(doc, machine)
-    return _finish(doc, machine)
+        _finish(doc, folder, machine)
+    return _finish(doc, folder, machine)
 
 
-def _finish(doc: dict, machine: str) -> dict:
+def _finish(doc: dict, folder: Path, machine: str) -> dict:
     from qk_bench.machine import describe
 
-    ref_path = results_dir(machine) / "reference.json"
+    ref_path = folder / "reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else None
     doc["points"].sort(key=lambda p: p["step"])
     doc["minutes_to_reference"] = next((p["minutes"] for p in doc["points"] if ref and reaches(p, ref)), None)
     doc["machine"] = describe(machine)
     doc["date"] = str(date.today())
-    out = results_dir(machine) / run_name(doc["recipe"], doc["budget_minutes"])
+    out = folder / run_name(doc["recipe"], doc["budget_minutes"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     return doc
@@ -228,8 +228,7 @@ def _fig(v, fmt="{:.3f}"):
     return "–" if v is None else fmt.format(v)
 
 
-def table(machine: str) -> str:
-    folder = results_dir(machine)
+def table(folder: Path, machine: str) -> str:
     ref_path = folder / "reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else None
     times = json.loads((folder / "step_times.json").read_text()) if (folder / "step_times.json").exists() else {}
@@ -275,18 +274,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--points", type=int, default=4, help="evaluation points over the budget (default 4)")
     parser.add_argument("--n", type=int, default=200, help="validation edits with the box per point (default 200)")
     parser.add_argument("--gen-n", type=int, default=100, help="validation generations per point (default 100)")
-    parser.add_argument("--machine", default="cpu-2core", help="results folder name (default cpu-2core)")
+    parser.add_argument("--machine", default="cpu-2core", help="machine id: results go to benchmarks/results/<machine>/train_speed (default cpu-2core)")
+    parser.add_argument("--results", type=Path, default=None, help="results folder instead (tests)")
+    parser.add_argument("--recipes", type=Path, default=RECIPES, help=f"recipes file (default {RECIPES.relative_to(REPO)})")
     parser.add_argument("--work", type=Path, default=None, help="run folder (default benchmarks/.cache/train_speed/<recipe>-<budget>m)")
     parser.add_argument("--timing-steps", type=int, default=30)
     parser.add_argument("--timing-warmup", type=int, default=40)
     args = parser.parse_args(argv)
-    recipes = load_recipes()
+    recipes = load_recipes(args.recipes)
     for name in ([args.recipe] if args.recipe else []) + (args.time or []):
         if name not in recipes:
-            parser.error(f"unknown recipe {name!r}; {RECIPES.name} has {sorted(recipes)}")
+            parser.error(f"unknown recipe {name!r}; {args.recipes} has {sorted(recipes)}")
     if args.budget <= 0 or args.points < 1:
         parser.error("--budget must be > 0 and --points >= 1")
-    folder = results_dir(args.machine)
+    folder = args.results or results_dir(args.machine)
     folder.mkdir(parents=True, exist_ok=True)
     times_path = folder / "step_times.json"
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
@@ -311,10 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         base = times.get("baseline_code", {}).get("step_seconds")
         work = args.work or REPO / "benchmarks" / ".cache" / "train_speed" / f"{args.recipe}-{args.budget:g}m"
         doc = train_recipe(args.recipe, recipes[args.recipe], args.budget, args.points, times[timed]["step_seconds"],
-                           work, args.n, args.gen_n, args.machine, base)
+                           work, args.n, args.gen_n, folder, args.machine, base)
         print(f"{args.recipe}: minutes to reference {doc['minutes_to_reference']}")
     if args.table or args.recipe or args.reference:
-        print(table(args.machine))
+        print(table(folder, args.machine))
     return 0
 
 

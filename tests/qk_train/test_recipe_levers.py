@@ -46,3 +46,31 @@ def test_muon_trains_and_resumes_bit_equal(tmp_path):
 def test_unknown_optimizer_is_named():
     with pytest.raises(ConfigError, match="train.optimizer='sgd'"):
         resolve_config("tiny", ["train.optimizer=sgd"], None)
+
+
+def test_codec_from_takes_a_trained_autoencoder_frozen(tmp_path):
+    # the small preset's codec from the shipped checkpoint; two joint steps, no autoencoder stage
+    from pathlib import Path
+
+    from qk_train.checkpoint import load_weights
+
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "default" / "checkpoint"
+    cfg = resolve_config("small", ["train.steps=2", "train.batch_size=2", "data.buckets=[64]", "data.bucket_weights=[1.0]",
+                                   f"train.codec_from={shipped}"], None)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    assert trainer.state.stage == "main"
+    trainer.run()
+    want = {k: v.float() for k, v in load_weights(shipped).items() if k.startswith("codec.")}
+    got = load_weights(tmp_path / "run" / "final")
+    assert want and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_codec_from_refuses_a_checkpoint_of_another_codec(tmp_path, capsys):
+    from pathlib import Path
+
+    from qk_train.train import main
+
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "default" / "checkpoint"
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "run"), "--codec-from", str(shipped)]) == 2
+    assert "codec section differs" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
