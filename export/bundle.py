@@ -76,10 +76,27 @@ def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, cali
                               f"(qk-export replaces only folders it wrote; nothing was touched)")
 
 
-def is_bundle(folder: Path) -> bool:
+def check_out_path(out: Path, checkpoint: Path, text_encoder_from: str | Path | None) -> None:
+    """--out must not be, lie inside or contain the checkpoint or the bundle the export reads."""
+    from qk_runtime.errors import InputError
+    from qk_runtime.files import check_output
+
+    folders = [("the checkpoint --model", checkpoint)]
+    if text_encoder_from is not None:
+        folders.append(("the bundle --text-encoder-from", Path(text_encoder_from)))
     try:
-        return json.loads((folder / MANIFEST).read_text()).get("format") == "qk-bundle"
-    except (OSError, ValueError, AttributeError):
+        check_output("--out", out, folders=folders, folder_output=True)
+    except InputError as exc:
+        raise ExportError(f"{exc} (nothing was written)") from None
+
+
+def is_bundle(folder: Path) -> bool:
+    from qk_runtime.errors import BundleError
+    from qk_runtime.files import read_json
+
+    try:
+        return read_json(folder / MANIFEST, BundleError).get("format") == "qk-bundle"
+    except (BundleError, AttributeError):
         return False
 
 
@@ -166,6 +183,9 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
     if (graph.get("inputs"), graph.get("outputs")) != (want["inputs"], want["outputs"]):
         raise ExportError(f"--text-encoder-from {other}: written in bundle format {theirs['format_version']}, whose text "
                           f"encoder's inputs differ from format {FORMAT_VERSION}'s; re-export {other} first")
+    if other.resolve().parent != out.resolve().parent or other.resolve() == out.resolve():
+        raise ExportError(f"--text-encoder-from {other}: must be a bundle beside --out (in the same folder), since "
+                          f"the runtimes read a shared text encoder only from a sibling bundle")
     rel = os.path.relpath((other / graph["file"]).resolve(), out.resolve())
     if not rel.startswith(".."):
         raise ExportError(f"--text-encoder-from {other}: must be a bundle beside --out, not inside it")
@@ -194,6 +214,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     checkpoint, out = Path(checkpoint), Path(out)
     check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window,
                     float_groups=int8_float)
+    check_out_path(out, checkpoint, text_encoder_from)
     model = load_model(checkpoint, sparse_attn, window)
     shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
     if not MIN_FORMAT_VERSION <= format_version <= FORMAT_VERSION:

@@ -74,8 +74,8 @@ def _check(bundle: str) -> int:
         return _error(f"--check {bundle}: no such bundle folder")
     try:
         problems = check_bundle(Path(bundle))
-    except (OSError, ValueError, KeyError) as exc:
-        return _error(f"cannot read bundle {bundle}: {exc}")
+    except (OSError, ValueError) as exc:  # BundleError (a ValueError) names the file and the fix
+        return _error(f"cannot check bundle {bundle}: {exc}")
     for problem in problems:
         print(problem)
     print(f"TensorRT readiness of {bundle}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))

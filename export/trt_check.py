@@ -10,7 +10,6 @@ the node and the reason; `require_ready` raises them all at once.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +44,11 @@ class _Constants(dict):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             if self.base_dir is None:
                 return None
+            from qk_runtime.errors import BundleError
+            from qk_runtime.files import contained
+
+            location = next((e.value for e in t.external_data if e.key == "location"), "")
+            contained(self.base_dir, location, f"tensor {name!r} external data", BundleError)  # never read outside
             t = onnx.TensorProto.FromString(t.SerializeToString())
             load_external_data_for_tensor(t, str(self.base_dir))
         return numpy_helper.to_array(t)
@@ -135,14 +139,22 @@ def check_profiles(model: onnx.ModelProto, graph: dict, name: str) -> list[str]:
 
 
 def check_bundle(bundle: str | Path) -> list[str]:
-    """Every problem TensorRT would have with a bundle, as sentences; empty when it is ready."""
-    bundle = Path(bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    """Every problem TensorRT would have with a bundle, as sentences; empty when it is ready. The
+    bundle is opened by the runtime's loader (manifest limits, every file inside the bundle); a
+    graph file that is not a readable ONNX model is a BundleError naming it."""
+    from qk_runtime.bundle import EXPORT_HINT, open_bundle
+    from qk_runtime.errors import BundleError
+
+    opened = open_bundle(Path(bundle), verify=False)
     problems = []
-    for name, graph in manifest["graphs"].items():
-        model = onnx.load(str(bundle / graph["file"]), load_external_data=False)
-        problems += check_model(model, name, base_dir=bundle)
-        problems += check_profiles(model, graph, name)
+    for name, info in opened.graphs.items():
+        try:
+            model = onnx.load(str(info.path), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and onnx's own errors
+            raise BundleError(f"{info.path} (graph {name!r}) is not a readable ONNX model ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:300]}); the file is damaged or truncated: {EXPORT_HINT}") from None
+        problems += check_model(model, name, base_dir=info.path.parent)
+        problems += check_profiles(model, opened.manifest["graphs"][name], name)
     return problems
 
 

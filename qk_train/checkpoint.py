@@ -173,7 +173,7 @@ def release(src: Path, dst: Path, dtype: str = "float32") -> Path:
     cast = {k: v.to(RELEASE_DTYPES[dtype]) if v.is_floating_point() else v for k, v in weights.items()}
     return save_checkpoint(dst, config_yaml=(src / CONFIG_FILE).read_text(), weights=cast,
                            tokenizer_json=(src / TOKENIZER_FILE).read_text(),
-                           pretrained=json.loads((src / PRETRAINED_FILE).read_text()) if (src / PRETRAINED_FILE).exists() else {})
+                           pretrained=read_pretrained(src))
 
 
 def is_run_folder(path: Path) -> bool:
@@ -209,7 +209,31 @@ def check_checkpoint_dir(path: Path, need_state: bool = False) -> Path:
     missing = [name for name in needed if not (path / name).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {missing}")
+    read_pretrained(path)  # a damaged pretrained.json is named here, before anything reads it
     return path
+
+
+def read_pretrained(path: Path) -> dict[str, Any]:
+    """The checkpoint's `pretrained.json` ({} when absent): frozen parts referenced by package,
+    path and sha256. Read under the runtime's JSON limits; a damaged file is a CheckpointError."""
+    from qk_runtime.files import read_json
+
+    refs_file = Path(path) / PRETRAINED_FILE
+    if not refs_file.exists():
+        return {}
+    fix = "the checkpoint is damaged: copy it again or use another one (qk-train writes them whole)"
+    refs = read_json(refs_file, CheckpointError, fix)
+    if not isinstance(refs, dict):
+        raise CheckpointError(f"{refs_file} holds a {type(refs).__name__}, not a JSON object; {fix}")
+    for part, ref in refs.items():
+        if not ref:
+            continue
+        sha = ref.get("sha256") if isinstance(ref, dict) else None
+        if (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)
+                or not all(isinstance(ref.get(k), (str, type(None))) for k in ("package", "path"))):
+            raise CheckpointError(f"{refs_file}: entry {part!r} must be an object with a 64-digit hex 'sha256' and "
+                                  f"string or null 'package' and 'path', got {ref!r}; {fix}")
+    return refs
 
 
 def load_weights(path: Path, name: str = MODEL_FILE) -> dict[str, torch.Tensor]:
@@ -222,7 +246,11 @@ def load_weights(path: Path, name: str = MODEL_FILE) -> dict[str, torch.Tensor]:
 def load_train_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     path = check_checkpoint_dir(path, need_state=True)
     tensors = load_weights(path, STATE_FILE)
-    meta = json.loads((path / STATE_META).read_text())
+    from qk_runtime.files import read_json
+
+    meta = read_json(path / STATE_META, CheckpointError, "the checkpoint is damaged: resume from an earlier one")
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path / STATE_META} is not a JSON object; the checkpoint is damaged: resume from an earlier one")
     return tensors, meta
 
 

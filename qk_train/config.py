@@ -7,6 +7,8 @@ checkpoint reads that file back, so a model is always rebuilt exactly as it was 
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     init_from: str | None = None  # start the main stage from this checkpoint's weights (fine-tuning, warm restarts)
+    codec_from: str | None = None  # a new run takes this checkpoint's trained autoencoder, frozen (no autoencoder stage)
 
 
 # --------------------------------------------------------------------------- model config
@@ -213,7 +216,7 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(default, str):
             if not isinstance(value, str):
                 raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}={value!r} should be a {type(default).__name__} like {default!r}") from None
     return value
 
@@ -253,6 +256,13 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
     def need(ok: bool, message: str) -> None:
         if not ok:
             raise ConfigError(f"{where}: {message}")
+
+    for section in _SECTIONS:  # every number finite (nan and inf pass comparisons like >= 0)
+        for f in fields(_SECTIONS[section]):
+            value = getattr(getattr(cfg, section), f.name)
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, float):
+                    need(math.isfinite(v), f"{section}.{f.name}={value!r} must be a finite number")
 
     positive = {"text.max_length": cfg.text.max_length, "codec.latent_channels": cfg.codec.latent_channels,
                 "gateway.num_queries": cfg.gateway.num_queries, "gateway.layers": cfg.gateway.layers,
@@ -299,6 +309,53 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
     need(cfg.train.batch_size >= 1 and cfg.train.steps >= 1, "train.batch_size and train.steps must be >= 1")
 
 
+def estimate_train_bytes(cfg: ModelConfig) -> dict[str, float]:
+    """A lower estimate of one training step's memory (bytes), from the config alone: FP32
+    weights, gradients, AdamW's two moments and the EMA copy of the decoder and gateway, plus the
+    activations autograd keeps per sample at the largest bucket (decoder blocks and attention
+    maps, the codec's feature maps), times the batch; the autoencoder stage likewise with its
+    batch. About 0.7x of what `benchmarks/train_memory.py` measures for the base preset (autograd
+    saves more than this counts), so a config refused here cannot fit."""
+    d, r = cfg.decoder.width, cfg.decoder.mlp_ratio
+    params = cfg.decoder.depth * (8 + 2 * r) * d * d + cfg.gateway.layers * 8 * d * d
+    states = params * 4 * 5
+    side = max((cfg.data.image_size, *cfg.data.buckets))
+    tokens = (side // cfg.token_pixels) ** 2
+    n_cond = cfg.text.max_length + cfg.gateway.num_queries
+    per_block = tokens * d * (10 + 2 * r) + cfg.decoder.heads * tokens * (tokens + n_cond)
+    codec = side * side * max(cfg.codec.block_channels) * (len(cfg.codec.block_channels) * cfg.codec.blocks_per_level * 6 + 3)
+    per_sample = 4 * (cfg.decoder.depth * per_block + codec)
+    ae = 4 * codec * cfg.train.ae_batch_size if cfg.codec.kind == "tiny_ae" else 0
+    return {"states": states, "per_sample": per_sample, "batch": cfg.train.batch_size,
+            "total": max(states + per_sample * cfg.train.batch_size, ae)}
+
+
+def machine_memory_bytes(device=None) -> int | None:
+    """Memory the training step can use: the GPU's for a CUDA device, else the machine's RAM."""
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_train_memory(cfg: ModelConfig, available: int | None, where: str = "config") -> None:
+    """Refuse a config whose training step cannot fit `available` bytes, with the estimate."""
+    if not available:
+        return
+    est = estimate_train_bytes(cfg)
+    if est["total"] > available:
+        raise ConfigError(
+            f"{where}: training needs at least {est['total'] / 2**30:.3g} GiB per step (estimate: "
+            f"{est['states'] / 2**30:.3g} GiB of weights, gradients and optimizer state + "
+            f"{est['per_sample'] / 2**20:.3g} MiB of activations per sample x train.batch_size {est['batch']}), "
+            f"more than the {available / 2**30:.3g} GiB this device has; lower train.batch_size (or the image "
+            f"size, buckets or decoder size)")
+
+
 # --------------------------------------------------------------------------- presets
 
 
@@ -309,14 +366,23 @@ def preset_names() -> list[str]:
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    if len(data) > 1 << 20:
+        raise ConfigError(f"config file {path} is {len(data)} bytes; a preset is a few hundred bytes of YAML")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML") from None
     try:
         values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    return values or {}
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if values is None:
+        raise ConfigError(f"config file {path} is empty; a preset needs its sections (text, codec, decoder, data, "
+                          f"train, ...): start from one in {CONFIG_DIR}")
+    return values
 
 
 def load_preset(name_or_path: str) -> ModelConfig:

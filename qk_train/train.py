@@ -43,7 +43,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import ConfigError, ModelConfig, from_dict, load_preset, preset_names
+from .config import ConfigError, ModelConfig, from_dict, load_preset, preset_names, read_yaml
 from .data.manifest import DataError
 from .data.shapeworld import EditLayout, GenerationLayout, edit_layout, generation_layout, render, render_edit
 from .models.unified import Batch, QKModel
@@ -301,7 +301,15 @@ class Trainer:
         self.steps_run = 0
 
     def _ae_steps(self) -> int:
-        return self.cfg.train.ae_steps if self.cfg.codec.kind == "tiny_ae" else 0
+        if self.cfg.codec.kind != "tiny_ae" or self.cfg.train.codec_from:
+            return 0
+        return self.cfg.train.ae_steps
+
+    def _codec_from(self, path: Path) -> None:
+        """A new run's autoencoder: the trained one of checkpoint `path` (same codec config), frozen."""
+        path = check_codec_source(self.cfg, path)
+        weights = ckpt.load_weights(path)
+        self.model.codec.load_state_dict({k[len("codec."):]: v for k, v in weights.items() if k.startswith("codec.")})
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -443,7 +451,9 @@ class Trainer:
                 self.out.mkdir(parents=True, exist_ok=True)
                 (self.out / "hyperparameters.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         else:
-            if self.cfg.codec.kind == "pretrained":  # no autoencoder stage: measure its latents now
+            if cfg.train.codec_from:
+                self._codec_from(Path(cfg.train.codec_from))
+            elif self.cfg.codec.kind == "pretrained":  # no autoencoder stage: measure its latents now
                 self._finish_codec()
             self._setup_stage()
             if self.rank == 0:
@@ -606,6 +616,19 @@ def _stop_on_signals() -> None:
         signal.signal(sig, _interrupt)
 
 
+def check_codec_source(cfg: ModelConfig, path: Path) -> Path:
+    """A checkpoint can give a new run its autoencoder only if its codec section equals the run's."""
+    try:
+        path = ckpt.check_checkpoint_dir(Path(path))
+    except ckpt.CheckpointError as exc:
+        raise ckpt.CheckpointError(f"--codec-from: {exc}".replace("pass --model with", "give")) from None
+    src = from_dict(read_yaml(path / ckpt.CONFIG_FILE), where=str(path / ckpt.CONFIG_FILE))
+    if src.codec != cfg.codec:
+        raise ConfigError(f"--codec-from {path}: its codec section differs from this run's; "
+                          f"take the codec of a checkpoint of the same preset")
+    return path
+
+
 def check_init_source(cfg: ModelConfig, path: Path) -> None:
     """A checkpoint can seed a run only if every model section of its config equals this run's
     (data and training settings may differ)."""
@@ -649,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", metavar="CKPT", default=None,
                         help="start a new run from the weights of checkpoint CKPT (e.g. engines/default/checkpoint): "
                              "fine-tuning or a warm restart; no autoencoder stage, fresh optimizer with warm-up")
+    parser.add_argument("--codec-from", metavar="CKPT", default=None,
+                        help="a new run takes the trained autoencoder of checkpoint CKPT (e.g. engines/default/checkpoint), "
+                             "frozen: no autoencoder stage; the rest trains from scratch")
     parser.add_argument("--release", metavar="CKPT", default=None,
                         help="train nothing: write a weights-only copy of checkpoint CKPT (EMA weights, config, tokenizer) to --out")
     parser.add_argument("--dtype", default="float32", choices=sorted(ckpt.RELEASE_DTYPES),
@@ -662,9 +688,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"qk-train: released {args.release} as {path} ({args.dtype} weights)", file=sys.stderr)
         return 0
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from qk_runtime.errors import InputError
+    from qk_runtime.files import check_output
+
+    from .config import check_train_memory, machine_memory_bytes
+
     try:
+        if args.threads is not None:
+            cpus = os.cpu_count() or 1
+            if not 1 <= args.threads <= cpus:
+                raise ConfigError(f"--threads {args.threads}: must be from 1 to {cpus} (this machine's logical CPUs); "
+                                  f"leave it out for torch's choice")
+            torch.set_num_threads(args.threads)
         if args.max_steps is not None and args.max_steps < 1:
             raise ConfigError(f"--max-steps {args.max_steps}: must be >= 1 (leave it out to train to the end)")
         for flag, minutes, example, absent in (("--time-budget", args.time_budget, 9, "no limit"),
@@ -677,6 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.data_workers if args.data_workers is not None else min(8, max(1, (os.cpu_count() or 2) // 2))
         if args.init_from:
             args.set = [*args.set, f"train.init_from={args.init_from}"]
+        if args.codec_from:
+            args.set = [*args.set, f"train.codec_from={args.codec_from}"]
         cfg = resolve_config(args.preset, args.set, args.steps)
         if args.data == "device":
             from .device_data import check_device_data
@@ -685,13 +722,25 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        check_train_memory(cfg, machine_memory_bytes(device), "--preset/--set")
         if cfg.train.init_from:
             check_init_source(cfg, Path(cfg.train.init_from))
+        if cfg.train.codec_from:
+            check_codec_source(cfg, Path(cfg.train.codec_from))
         out = Path(args.out)
+        try:  # the run folder must not replace or hold what this run reads
+            preset = Path(args.preset) if Path(args.preset).suffix in (".yaml", ".yml") else None
+            check_output("--out", out, folder_output=True,
+                         inputs=[("--preset", preset), ("data.edit_manifest", cfg.data.edit_manifest and Path(cfg.data.edit_manifest)),
+                                 ("data.caption_json", cfg.data.caption_json and Path(cfg.data.caption_json))],
+                         folders=[("the checkpoint --init-from", cfg.train.init_from and Path(cfg.train.init_from)),
+                                  ("the checkpoint --codec-from", cfg.train.codec_from and Path(cfg.train.codec_from))])
+        except InputError as exc:
+            raise ConfigError(str(exc)) from None
         ckpt.check_run_folder(out)
         existing = out / "hyperparameters.yaml"
         if existing.exists() and ckpt.latest_checkpoint(out) is not None:
-            old = from_dict(yaml.safe_load(existing.read_text()), where=str(existing))
+            old = from_dict(read_yaml(existing), where=str(existing))
             if old.replace(train={"steps": cfg.train.steps}) != cfg:
                 raise ConfigError(
                     f"{out} holds a run with a different config ({existing}); resume it with the same "

@@ -30,14 +30,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import Bundle
-from .errors import BackendUnavailable
+from .bundle import EXPORT_HINT, Bundle
+from .errors import BackendUnavailable, BundleError, QKRuntimeError
 
 log = logging.getLogger("qk_runtime")
 
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "tensorrt")
 ALIASES = {"ort": "ort-cpu", "onnxruntime": "ort-cpu", "openvino": "ov-cpu", "trt": "tensorrt"}
 CHOICES = ("auto",) + BACKENDS + tuple(ALIASES)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:400] if text else "") or type(exc).__name__
+
+
+def graph_error(bundle: Bundle, graph: str, exc: BaseException, runtime: str, loading: bool) -> QKRuntimeError:
+    """An error of ONNX Runtime / OpenVINO on one of the bundle's graphs -> the project's error,
+    naming the file and what to do (a QKRuntimeError passes through unchanged)."""
+    if isinstance(exc, QKRuntimeError):
+        return exc
+    info = bundle.graphs[graph]
+    if loading:
+        return BundleError(f"{runtime} cannot load graph {graph!r} from {info.path} ({_first_line(exc)}); the file or "
+                           f"its external weights are damaged, truncated or not this bundle's ONNX model: {EXPORT_HINT}")
+    return BundleError(f"{runtime} failed running graph {graph!r} ({info.path}): {_first_line(exc)}; the graph does not "
+                       f"take what its manifest says: {EXPORT_HINT}")
 
 
 class Backend:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend
+from .backend import Backend, graph_error
 from .bundle import Bundle
 
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
@@ -70,7 +70,7 @@ class OpenVinoBackend(Backend):
         self.is_active = True
         if not self.static_shapes:  # static shapes are known only when a graph is called
             for graph in self.bundle.graphs if graphs is None else graphs:
-                self._compiled[(graph, None)] = self._compile(graph, None)
+                self._compiled[(graph, None)] = self._compile_checked(graph, None)
 
     def _compile(self, graph: str, shapes):
         info = self.bundle.graphs[graph]
@@ -98,12 +98,21 @@ class OpenVinoBackend(Backend):
             with self._lock:
                 entry = self._compiled.get(key)
                 if entry is None:
-                    entry = self._compiled[key] = self._compile(graph, shapes)
+                    entry = self._compiled[key] = self._compile_checked(graph, shapes)
         return entry
+
+    def _compile_checked(self, graph: str, shapes):
+        try:
+            return self._compile(graph, shapes)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's own exception types
+            raise graph_error(self.bundle, graph, exc, "OpenVINO", loading=True) from None
 
     def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, ports = self._request(graph, feeds)
-        result = request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
+        try:
+            result = request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's own exception types
+            raise graph_error(self.bundle, graph, exc, "OpenVINO", loading=False) from None
         return {name: np.array(result[port], copy=True) for name, port in ports}
 
     def deactivate(self) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import Backend
+from .backend import Backend, graph_error
 from .bundle import Bundle
 from .contract import WEIGHT_ONLY_INT8_GRAPHS
 from .errors import BackendUnavailable
@@ -133,8 +133,11 @@ class OrtBackend(Backend):
                 sess = self.sessions.get(graph)
                 if sess is None:
                     info = self.bundle.graphs[graph]
-                    sess = self._ort.InferenceSession(str(info.path), sess_options=self._session_options(graph),
-                                                      providers=self._providers(graph))
+                    try:
+                        sess = self._ort.InferenceSession(str(info.path), sess_options=self._session_options(graph),
+                                                          providers=self._providers(graph))
+                    except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own exception types
+                        raise graph_error(self.bundle, graph, exc, "ONNX Runtime", loading=True) from None
                     if _EP[self.provider] not in sess.get_providers():
                         raise BackendUnavailable(
                             f"ONNX Runtime could not start {_EP[self.provider]} for {info.path.name} (it offered "
@@ -146,15 +149,18 @@ class OrtBackend(Backend):
     def infer(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self._session(graph)
         outputs = self.bundle.graphs[graph].output_names
-        if self.provider == "cpu":
-            return dict(zip(outputs, sess.run(list(outputs), feeds)))
-        binding = sess.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in outputs:
-            binding.bind_output(name, "cuda", 0)
-        sess.run_with_iobinding(binding)
-        return dict(zip(outputs, binding.copy_outputs_to_cpu()))
+        try:
+            if self.provider == "cpu":
+                return dict(zip(outputs, sess.run(list(outputs), feeds)))
+            binding = sess.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            for name in outputs:
+                binding.bind_output(name, "cuda", 0)
+            sess.run_with_iobinding(binding)
+            return dict(zip(outputs, binding.copy_outputs_to_cpu()))
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's own exception types
+            raise graph_error(self.bundle, graph, exc, "ONNX Runtime", loading=False) from None
 
     def deactivate(self) -> None:
         self.sessions.clear()

@@ -23,6 +23,7 @@ from pathlib import Path
 from .bundle import open_bundle
 from .engines import TIMING_CACHE, atomic_write, cache_key, default_engine_dir, engine_precision, write_engines_json
 from .errors import BackendUnavailable, QKRuntimeError
+from .files import check_output
 
 TRT_MISSING = (
     "TensorRT is not installed: pip install 'query-kontext[trt]' on a machine with an NVIDIA GPU "
@@ -47,6 +48,8 @@ def build_engines(bundle_dir: str | Path, out: str | Path | None = None, *, timi
     bundle = open_bundle(bundle_dir)
     gpu, cc = gpu_info()
     out = Path(out) if out else default_engine_dir(bundle.path, gpu, trt.__version__)
+    # engines written into the bundle would change the folder it is hashed by (InputError, a QKRuntimeError)
+    check_output("--out", out, folders=[("the bundle", f) for f in bundle.folders], folder_output=True)
     cache_path = Path(timing_cache) if timing_cache else out / TIMING_CACHE
     has_fp16 = hasattr(trt.BuilderFlag, "FP16")
     precision = engine_precision(bundle.precision, has_fp16)

@@ -7,24 +7,45 @@ alone), and a sha256 per file. `open_bundle` refuses anything it cannot run: ano
 version, a missing graph, a graph whose inputs differ from the contract, a `composite` entry it
 does not know or in a manifest older than format 4, or a file whose bytes differ from the hash
 the manifest recorded (re-export to fix).
+
+A bundle is a download from someone else, so its manifest is read under limits
+(`files.MAX_JSON_BYTES`, `files.MAX_JSON_DEPTH`) and every file it names must resolve, after
+symlinks, inside the bundle folder. One exception, the shared text encoder (`qk-export
+--text-encoder-from`): the `text_encoder` graph may name `../<sibling>/<file>` when <sibling> is
+a bundle beside this one (same parent folder, not a symlink) whose own manifest lists <file> as
+its own text encoder's file with the same sha256; the file must resolve inside <sibling>. No
+other path leaves the folder, and nothing outside is opened, not even to hash it. Numbers in the
+manifest (dims, sampler settings) must be finite and within `DIM_LIMITS` / `GUIDANCE_RANGE` etc.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .composite import GATE_ONLY, Composite
 from .contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION,
                        TOKENIZER, Dims, graph_specs)
 from .errors import BundleError
+from .files import contained, path_parts, read_json
 
 FORMAT = "qk-bundle"
 NOISE = "splitmix64-boxmuller-v1"  # the generator in noise.py
 SCHEDULER = "FlowMatchEulerDiscreteScheduler"
 REQUIRED_GRAPHS = ("text_encoder", "image_encoder", "image_decoder", "decoder")
 EXPORT_HINT = "re-export it with qk-export (for example: qk-export --model CKPT --out DIR)"
+SHARED_GRAPH = "text_encoder"  # the one graph whose file may come from a sibling bundle
+
+# What a manifest's numbers may be (the runtimes refuse anything else; C++: bundle.cpp)
+MAX_STEPS = 1000
+GUIDANCE_RANGE = (0.0, 100.0)  # text, image and generation guidance
+SHIFT_RANGE = (0.01, 100.0)
+MAX_HALO = 64
+DIM_LIMITS = {"image_size": 8192, "latent_channels": 1024, "factor": 64, "patch": 64, "max_length": 4096,
+              "text_width": 65536, "kontext_tokens": 4096, "width": 65536, "depth": 1024}
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,8 @@ class Bundle:
     tokenizer_path: Path
     files: dict[str, str]  # relative name -> sha256
     composite: Composite = GATE_ONLY  # how an edit's output meets its source (format 4's `composite`)
+    paths: dict[str, Path] = field(default_factory=dict)  # relative name -> the checked, resolved file
+    folders: tuple[Path, ...] = ()  # every folder this bundle reads files from (itself, a sibling's)
 
     @property
     def name(self) -> str:
@@ -128,10 +151,10 @@ def _read_manifest(folder: Path) -> dict:
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{folder} has no {MANIFEST}, so it is not a bundle (or an unfinished one); {EXPORT_HINT}")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath} is not valid JSON ({exc}); the bundle is corrupt: {EXPORT_HINT}") from exc
+    if Path(os.path.realpath(mpath)).parent != Path(os.path.realpath(folder)):
+        raise BundleError(f"{mpath} is a link to {os.path.realpath(mpath)}, outside the bundle; a bundle's manifest "
+                          f"must be a file in its folder: {EXPORT_HINT}")
+    manifest = read_json(mpath, BundleError, f"the bundle is corrupt: {EXPORT_HINT}")
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} holds a {type(manifest).__name__}, not a JSON object; {EXPORT_HINT}")
     fmt, version = manifest.get("format"), manifest.get("format_version")
@@ -153,17 +176,64 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
-def _resolve(folder: Path, rel: str, where: str) -> Path:
-    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
-        raise BundleError(f"{where}: file name {rel!r} must be a path relative to the bundle folder")
-    return folder / rel
+def _graph_files(entry) -> list:
+    """The file names a graph entry uses: its file, its external data, a `<file>.data` beside it."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        return []
+    names = [entry["file"], f"{entry['file']}.data"]
+    if isinstance(entry.get("external_data"), str):
+        names.append(str(Path(entry["file"]).parent / entry["external_data"]) if "/" in entry["file"] else entry["external_data"])
+    return names
 
 
-def _check_files(folder: Path, files: dict, verify: bool) -> None:
+def _sibling_file(folder: Path, rel: str, sha, where: str) -> tuple[Path, Path]:
+    """The shared text encoder's `../<sibling>/<file>` -> (resolved file, sibling folder), or BundleError."""
+    parts = path_parts(rel, where, BundleError, allow_up=True)
+    rule = (f"only the text encoder may come from outside the bundle, as ../<sibling>/<file> of a bundle beside "
+            f"this one that lists <file> as its own text encoder with the same sha256 (qk-export --text-encoder-from)")
+    if len(parts) < 3 or parts[0] != ".." or parts[1] == "..":
+        raise BundleError(f"{where}: {rel!r} leaves the bundle folder; {rule}")
+    base = Path(os.path.realpath(folder))
+    sibling = base.parent / parts[1]
+    real = Path(os.path.realpath(sibling))
+    if real.parent != base.parent or real == base:
+        raise BundleError(f"{where}: {rel!r} names {sibling}, which resolves to {real}, not a bundle beside {base}; {rule}")
+    inner = "/".join(parts[2:])
+    try:
+        theirs = _read_manifest(real)
+    except BundleError as exc:
+        raise BundleError(f"{where}: {rel!r} names the sibling bundle {real}, which cannot be read ({exc}); {rule}") from None
+    own = _graph_files((theirs.get("graphs") or {}).get(SHARED_GRAPH) if isinstance(theirs.get("graphs"), dict) else None)
+    their_files = theirs.get("files") if isinstance(theirs.get("files"), dict) else {}
+    if inner not in own or their_files.get(inner) != sha:
+        raise BundleError(f"{where}: {rel!r}: the sibling bundle {real} does not list {inner!r} as its own text "
+                          f"encoder with sha256 {str(sha)[:16]}...; {rule}")
+    return contained(real, inner, f"{real / MANIFEST} files", BundleError), real
+
+
+def _file_paths(folder: Path, manifest: dict, where: str, root: Path | None) -> tuple[dict[str, Path], tuple[Path, ...]]:
+    """Every name in 'files' -> its checked, resolved path; and the folders they lie in."""
+    files = manifest["files"]
     if not isinstance(files, dict) or not files:
-        raise BundleError(f"{folder / MANIFEST}: 'files' must map file names to sha256; {EXPORT_HINT}")
+        raise BundleError(f"{where}: 'files' must map file names to sha256; {EXPORT_HINT}")
+    graphs = manifest["graphs"] if isinstance(manifest["graphs"], dict) else {}
+    shared = set(_graph_files(graphs.get(SHARED_GRAPH))) if root is None else set()
+    paths, folders = {}, [Path(os.path.realpath(root if root is not None else folder))]
     for rel, want in files.items():
-        path = _resolve(folder, rel, f"{folder / MANIFEST} files")
+        if not isinstance(want, str):
+            raise BundleError(f"{where}: the sha256 of {rel!r} must be a string, got {want!r}; {EXPORT_HINT}")
+        if rel in shared and isinstance(rel, str) and rel.startswith("../"):
+            paths[rel], sibling = _sibling_file(folder, rel, want, f"{where} files")
+            if sibling not in folders:
+                folders.append(sibling)
+        else:
+            paths[rel] = contained(folder, rel, f"{where} files", BundleError, root=root)
+    return paths, tuple(folders)
+
+
+def _check_files(folder: Path, files: dict, paths: dict[str, Path], verify: bool) -> None:
+    for rel, want in files.items():
+        path = paths[rel]
         if not path.is_file():
             raise BundleError(f"bundle {folder} is missing {rel} (listed in {MANIFEST}); {EXPORT_HINT}")
         if not verify:
@@ -186,6 +256,11 @@ def _dims(manifest: dict, where: str) -> Dims:
         raise BundleError(f"{where}: 'dims' must have exactly {sorted(names)}, has {have}; {EXPORT_HINT}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw.values()):
         raise BundleError(f"{where}: 'dims' values must be non-negative integers, got {raw}")
+    over = {k: v for k, v in raw.items() if v > DIM_LIMITS[k]}
+    if over:
+        raise BundleError(f"{where}: dims {over} over the limits {({k: DIM_LIMITS[k] for k in over})}; {EXPORT_HINT}")
+    if raw["factor"] < 1 or raw["patch"] < 1 or raw["image_size"] < 1:
+        raise BundleError(f"{where}: dims image_size, factor and patch must be >= 1, got {raw}; {EXPORT_HINT}")
     d = Dims(**raw)
     if manifest["format_version"] >= 3 and d.depth < 1:
         raise BundleError(f"{where}: dims.depth must be the decoder's block count (>= 1), got {d.depth}; {EXPORT_HINT}")
@@ -201,7 +276,7 @@ def _tensors(raw, where: str) -> tuple[TensorInfo, ...]:
         raise BundleError(f"{where}: tensors must be a list of {{name, dtype, shape}} ({exc!r}); {EXPORT_HINT}") from exc
 
 
-def _graphs(folder: Path, manifest: dict, dims: Dims, files: dict, where: str) -> dict[str, GraphInfo]:
+def _graphs(manifest: dict, dims: Dims, files: dict, paths: dict[str, Path], where: str) -> dict[str, GraphInfo]:
     version = manifest["format_version"]
     raw = manifest["graphs"]
     if not isinstance(raw, dict):
@@ -223,9 +298,9 @@ def _graphs(folder: Path, manifest: dict, dims: Dims, files: dict, where: str) -
         g = raw[name]
         if not isinstance(g, dict) or "file" not in g:
             raise BundleError(f"{where}: graph {name!r} must give its 'file'; {EXPORT_HINT}")
-        if g["file"] not in files:
+        if not isinstance(g["file"], str) or g["file"] not in files:
             raise BundleError(f"{where}: graph {name!r} file {g['file']!r} has no sha256 in 'files'; {EXPORT_HINT}")
-        if "external_data" in g and g["external_data"] not in files:  # its weights: checked like the graph itself
+        if "external_data" in g and (not isinstance(g["external_data"], str) or g["external_data"] not in files):  # its weights: checked like the graph itself
             raise BundleError(f"{where}: graph {name!r} external data {g['external_data']!r} has no sha256 in 'files'; "
                               f"{EXPORT_HINT}")
         inputs = _tensors(g.get("inputs"), f"{where} graph {name!r} inputs")
@@ -239,8 +314,23 @@ def _graphs(folder: Path, manifest: dict, dims: Dims, files: dict, where: str) -
                     f"another version of qk-export: {EXPORT_HINT}"
                 )
         profile = g.get("profile") or spec.profile()
-        graphs[name] = GraphInfo(name, _resolve(folder, g["file"], where), inputs, outputs, profile)
+        graphs[name] = GraphInfo(name, paths[g["file"]], inputs, outputs, profile)
     return graphs
+
+
+def _number(s: dict, key: str, where: str, lo: float, hi: float, *, integer: bool = False, default=None):
+    """sampler[key]: a finite number (an integer where `integer`) in [lo, hi], or BundleError."""
+    if key not in s:
+        if default is None:
+            raise BundleError(f"{where}: sampler.{key} is missing; {EXPORT_HINT}")
+        return default
+    v = s[key]
+    kind = "an integer" if integer else "a number"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (integer and v != int(v)):
+        raise BundleError(f"{where}: sampler.{key}={v!r}; must be {kind} from {lo:g} to {hi:g}; {EXPORT_HINT}")
+    if not lo <= v <= hi:
+        raise BundleError(f"{where}: sampler.{key}={v!r} is outside {lo:g}..{hi:g}; {EXPORT_HINT}")
+    return int(v) if integer else float(v)
 
 
 def _sampler(manifest: dict, where: str) -> SamplerConfig:
@@ -251,24 +341,30 @@ def _sampler(manifest: dict, where: str) -> SamplerConfig:
         raise BundleError(f"{where}: sampler.scheduler {s.get('scheduler')!r} is not supported; this runtime runs {SCHEDULER}")
     if s.get("noise", NOISE) != NOISE:
         raise BundleError(f"{where}: sampler.noise {s.get('noise')!r} is not supported; this runtime draws {NOISE!r}")
-    try:
-        thr = s["gate_threshold"]
-        cfg = SamplerConfig(
-            steps=int(s["steps"]),
-            text_guidance=float(s["text_guidance"]),
-            image_guidance=float(s["image_guidance"]),
-            gate_threshold=None if thr is None else float(thr),
-            gen_guidance=float(s["gen_guidance"]) if s.get("gen_guidance") is not None else None,
-            shift=float(s.get("shift", 1.0)),
-            region_buckets=tuple(float(b) for b in s.get("region_buckets", LEGACY_REGION_BUCKETS)),
-            halo=int(s.get("halo", 1)),
-            codec=s.get("codec"),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{where}: sampler settings are incomplete or invalid ({exc!r}); {EXPORT_HINT}") from exc
-    if cfg.steps < 1 or not cfg.region_buckets or cfg.region_buckets[-1] != 1.0 or cfg.halo < 0:
-        raise BundleError(f"{where}: sampler settings out of range: {s}")
-    return cfg
+    g_lo, g_hi = GUIDANCE_RANGE
+    if "gate_threshold" not in s:
+        raise BundleError(f"{where}: sampler.gate_threshold is missing (null for the soft gate); {EXPORT_HINT}")
+    buckets = s.get("region_buckets", list(LEGACY_REGION_BUCKETS))
+    if (not isinstance(buckets, list) or not buckets or len(buckets) > 1024
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in buckets)
+            or any(not 0 < b <= 1 for b in buckets) or any(a >= b for a, b in zip(buckets, buckets[1:]))
+            or buckets[-1] != 1.0):
+        raise BundleError(f"{where}: sampler.region_buckets={buckets!r}; must be increasing fractions in (0, 1] "
+                          f"ending with 1.0; {EXPORT_HINT}")
+    codec = s.get("codec")
+    if codec is not None and not isinstance(codec, str):
+        raise BundleError(f"{where}: sampler.codec={codec!r}; must be a string; {EXPORT_HINT}")
+    return SamplerConfig(
+        steps=_number(s, "steps", where, 1, MAX_STEPS, integer=True),
+        text_guidance=_number(s, "text_guidance", where, *GUIDANCE_RANGE),
+        image_guidance=_number(s, "image_guidance", where, *GUIDANCE_RANGE),
+        gate_threshold=None if s["gate_threshold"] is None else _number(s, "gate_threshold", where, 0.0, 1.0),
+        gen_guidance=None if s.get("gen_guidance") is None else _number(s, "gen_guidance", where, g_lo, g_hi),
+        shift=_number(s, "shift", where, *SHIFT_RANGE, default=1.0),
+        region_buckets=tuple(float(b) for b in buckets),
+        halo=_number(s, "halo", where, 0, MAX_HALO, integer=True, default=1),
+        codec=codec,
+    )
 
 
 def _composite(manifest: dict, where: str) -> Composite:
@@ -285,15 +381,18 @@ def _composite(manifest: dict, where: str) -> Composite:
         raise BundleError(f"{where}: 'composite' {exc}; {EXPORT_HINT}") from exc
 
 
-def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Read and check a bundle folder. `verify=False` skips the sha256 of each file (not the rest)."""
+def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | None = None) -> Bundle:
+    """Read and check a bundle folder. `verify=False` skips the sha256 of each file (not the rest).
+    `root` (a qk-triton repository around a BLS model folder): the folder every named file must
+    resolve inside instead of the bundle folder, '..' allowed within it."""
     folder = Path(path)
     manifest = _read_manifest(folder)
     where = str(folder / MANIFEST)
     files = manifest["files"]
-    _check_files(folder, files, verify)
+    paths, folders = _file_paths(folder, manifest, where, Path(root) if root is not None else None)
+    _check_files(folder, files, paths, verify)
     dims = _dims(manifest, where)
-    graphs = _graphs(folder, manifest, dims, files, where)
+    graphs = _graphs(manifest, dims, files, paths, where)
     if TOKENIZER not in files:
         raise BundleError(f"{where}: {TOKENIZER} is not listed in 'files'; {EXPORT_HINT}")
     precision = manifest["precision"]
@@ -312,7 +411,10 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
         sparse_attn=sparse,
         graphs=graphs,
         sampler=_sampler(manifest, where),
-        tokenizer_path=folder / TOKENIZER,
+        tokenizer_path=paths[TOKENIZER],
         files=dict(files),
         composite=_composite(manifest, where),
+        paths=paths,
+        folders=folders,
     )
+

@@ -2,12 +2,15 @@
 
     qk-edit [--bundle DIR] --image IN --instruction TEXT [--box x0,y0,x1,y1] --out OUT
             [--steps N] [--seed S] [--backend auto|ov-cpu|ort-cpu|ort-cuda|ort-trt|tensorrt]
-            [--sparse none|region] [--json TIMINGS.json]
+            [--sparse none|region] [--json TIMINGS.json] [--overwrite-input]
     qk-generate [--bundle DIR] --prompt TEXT --out OUT [--steps N] [--seed S] [--guidance G] ...
 
 Without --bundle, the shipped default bundle engines/default/int8. Errors print one line and
 exit with status 2; warnings (a truncated instruction) print one line each. The image and the
 timings JSON are written atomically (a temporary file in the same folder, then a rename).
+Outputs are checked before the work: neither may be a file inside the bundle (or the sibling
+bundle it shares a text encoder with), --json may not be --image or --out, and --out may be
+--image only with --overwrite-input.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from .backend import CHOICES
 from .engines import atomic_write
 from .errors import InputError, QKRuntimeError
+from .files import check_output, same_file
 from .inputs import check_writable
 
 
@@ -40,13 +44,28 @@ def _image_format(path: Path) -> str:
 
 
 def check_outputs(args) -> None:
-    """Everything about --out and --json that can fail, checked before the work."""
+    """Everything about --out and --json that can fail, checked before the work: the format,
+    the folder, and that neither replaces an input (the image, a file of the bundle)."""
+    from .bundle import open_bundle
+    from .session import default_bundle_dir
+
     _image_format(args.out)
     check_writable("--out", args.out)
     if args.json is not None:
         check_writable("--json", args.json)
         if args.json.absolute() == args.out.absolute():
             raise InputError(f"--json {args.json} is the --out image; give the timings their own file")
+    bundle = open_bundle(args.bundle if args.bundle is not None else default_bundle_dir(), verify=False)
+    folders = [("the bundle" if k == 0 else "the bundle's shared text encoder bundle", f)
+               for k, f in enumerate(bundle.folders)]
+    image = Path(args.image) if getattr(args, "image", None) else None
+    replaces_image = image is not None and same_file(args.out, image)
+    if replaces_image and not args.overwrite_input:
+        raise InputError(f"--out {args.out} is the --image file: the edit would replace your image; choose another "
+                         f"--out, or pass --overwrite-input to replace it on purpose")
+    check_output("--out", args.out, inputs=[] if replaces_image else [("--image", image)], folders=folders)
+    if args.json is not None:
+        check_output("--json", args.json, inputs=[("--image", image), ("--out", args.out)], folders=folders)
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -131,8 +150,10 @@ def edit_main(argv: list[str] | None = None) -> int:
     p.add_argument("--box", default=None, help="region x0,y0,x1,y1 in the input's pixels (x1, y1 exclusive)")
     p.add_argument("--sparse", choices=("none", "region"), default=None,
                    help="region: run the decoder on the edited region only (default: region if the bundle has it)")
-    p.add_argument("--text-guidance", type=float, default=None)
-    p.add_argument("--image-guidance", type=float, default=None)
+    p.add_argument("--text-guidance", type=float, default=None, help="text guidance, 0 to 100 (default: the bundle's)")
+    p.add_argument("--image-guidance", type=float, default=None, help="image guidance, 0 to 100 (default: the bundle's)")
+    p.add_argument("--overwrite-input", action="store_true",
+                   help="allow --out to be the --image file (the edit replaces it); without it that is refused")
     _common(p)
     args = p.parse_args(argv)
 
@@ -152,7 +173,7 @@ def edit_main(argv: list[str] | None = None) -> int:
 def generate_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="qk-generate", description="Generate an image with a query-kontext bundle.")
     p.add_argument("--prompt", required=True, help="what to draw, e.g. 'a red circle at the top left'")
-    p.add_argument("--guidance", type=float, default=None, help="text guidance scale (default: the bundle's)")
+    p.add_argument("--guidance", type=float, default=None, help="text guidance scale, 0 to 100 (default: the bundle's)")
     _common(p)
     args = p.parse_args(argv)
 

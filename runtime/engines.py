@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .bundle import Bundle
 from .errors import EngineMismatchError
+from .files import read_json
 
 ENGINES_FILE = "engines.json"
 TIMING_CACHE = "timing.cache"
@@ -103,12 +104,9 @@ def check_key(recorded: dict, expected: dict, *, bundle_path: Path, engine_dir: 
 
 def read_engines_json(engine_dir: Path) -> dict:
     path = Path(engine_dir) / ENGINES_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EngineMismatchError(f"{path} is not valid JSON ({exc}); rebuild the engines with qk-build") from exc
+    if not path.exists():
+        raise FileNotFoundError(path)
+    data = read_json(path, EngineMismatchError, "rebuild the engines with qk-build")
     if not isinstance(data, dict) or data.get("format") != ENGINES_FORMAT or not isinstance(data.get("engines"), dict):
         raise EngineMismatchError(f"{path} is not an engines file written by qk-build; rebuild the engines with qk-build")
     return data

@@ -2,9 +2,12 @@
 
 The rules (they are also in the error messages):
 - Images: a path, a PIL image, or a numpy array (H, W), (H, W, 1|3|4) of uint8 or uint16.
-  Files must decode completely: truncated, unreadable and non-image files are refused, and so is
-  any image over `MAX_PIXELS` pixels (checked from the header, before decoding: decompression
-  bombs never get decoded). EXIF orientation is applied. Grey, palette, CMYK and other modes are
+  Files and uploads go through one decode path, `decode_image`: the header is checked (any image
+  over `MAX_PIXELS` pixels is refused before decoding: decompression bombs never get decoded),
+  the data verified (PNG chunk checksums) and decoded completely once, then the EXIF orientation
+  applied; any failure on the way (truncated, corrupt, unreadable, a broken EXIF block) is an
+  `InputError`, and nothing reads the image before that. A PIL image handed in is loaded the
+  same way (a lazily opened one is decoded here; a closed one is refused). Grey, palette, CMYK and other modes are
   converted to RGB; an alpha channel is composited over white; 16-bit values are scaled to 8 bits
   (v / 257, rounded).
 - Any size: the image is resized (bilinear) to the model's square side, ignoring its aspect
@@ -12,13 +15,16 @@ The rules (they are also in the error messages):
 - Boxes: four integers x0, y0, x1, y1 in the input image's pixels, x1 and y1 exclusive, with
   0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height; outside, inverted or empty boxes are refused.
   When the image is resized, the box is scaled with it (rounding outwards, at least one pixel).
-- Instructions: empty or blank text is refused; text longer than the tokenizer's max_length
-  tokens is truncated with a warning.
+- Instructions: text without a visible character (empty, blank, only zero-width or control
+  characters), text holding NUL or unpaired surrogates (bytes that were not UTF-8) is refused;
+  text longer than the tokenizer's max_length tokens is truncated with a warning.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -73,32 +79,88 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+def _oriented(img: Image.Image, what: str) -> Image.Image:
+    """A fully loaded image with its EXIF orientation applied (a copy), or InputError."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001 - a broken EXIF block raises many kinds; each is refused alike
+        raise InputError(f"{what} has a broken EXIF block ({type(exc).__name__}: {exc}); re-save the image "
+                         f"without EXIF data") from None
+
+
+def decode_image(source, what: str, *, formats=None, max_pixels: int = MAX_PIXELS, too_large=InputError) -> Image.Image:
+    """The one decode path: a path or bytes -> a fully decoded PIL image with its EXIF orientation
+    applied, detached from any file. The header's size is checked first (`too_large` over
+    `max_pixels`), then the data is verified and decoded completely; every failure is an
+    InputError (or `too_large`) naming `what`."""
+    def opened():
+        return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, formats=formats)
+
+    try:
+        with opened() as probe:
+            w, h = probe.size
+            if w < 1 or h < 1:
+                raise InputError(f"{what} is empty ({w}x{h} pixels)")
+            if w * h > max_pixels:
+                raise too_large(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels (refused "
+                                f"as a possible decompression bomb, before decoding); downscale it first")
+            probe.verify()  # PNG: every chunk's checksum, up to IEND
+        with opened() as img:
+            img.load()  # once: after a failed load Pillow's next load() returns without an error
+            return _oriented(img, what)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise too_large(f"{what} refused as a decompression bomb: {exc}") from None
+    except UnidentifiedImageError:
+        kinds = ", ".join(formats) if formats else "PNG, JPEG, WebP, BMP, ..."
+        raise InputError(f"{what} is not an image file PIL can read: not an image in a supported format "
+                         f"({kinds})") from None
+    except FileNotFoundError:
+        raise InputError(f"{what} does not exist") from None
+    except Exception as exc:  # noqa: BLE001 - truncated or corrupt data: Pillow's decoders raise many kinds
+        raise InputError(f"{what} is truncated or corrupt ({type(exc).__name__}: {exc}); send a complete image "
+                         f"file") from None
+
+
+def _pil_image(image: Image.Image) -> Image.Image:
+    """A PIL image handed to the API, loaded and oriented like a file (`decode_image`)."""
+    try:
+        w, h = image.size
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"the PIL image cannot be read ({type(exc).__name__}: {exc})") from None
+    _check_size(w, h, "image")
+    filename = getattr(image, "filename", None)
+    if getattr(image, "fp", None) is not None and filename and os.path.isfile(filename):
+        try:  # lazily opened from a file, not decoded yet: its data is verified as decode_image does
+            with Image.open(filename) as probe:
+                probe.verify()
+        except Exception as exc:  # noqa: BLE001 - Pillow's own errors for truncated or corrupt files
+            raise InputError(f"the PIL image's file {filename} is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                             f"pass a complete image") from None
+    try:
+        image.load()  # a lazily opened image decodes here; a closed one fails here
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"image refused as a decompression bomb: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's own errors for closed, truncated or corrupt images
+        state = "closed" if "closed" in str(exc) else "truncated or corrupt"
+        raise InputError(f"the PIL image is {state} ({type(exc).__name__}: {exc}); pass a complete, open image "
+                         f"(or the file's path)") from None
+    return _oriented(image, "the PIL image")
+
+
 def load_image(image) -> np.ndarray:
     """A path, PIL image or numpy array -> (H, W, 3) uint8, or InputError with the reason."""
     if isinstance(image, np.ndarray):
         return _array_to_rgb(image)
     if isinstance(image, Image.Image):
-        _check_size(image.width, image.height, "image")
-        return _pil_to_rgb(ImageOps.exif_transpose(image))  # the EXIF rule holds for an opened image as for a file
+        return _pil_to_rgb(_pil_image(image))
     if not isinstance(image, (str, os.PathLike)):
         raise InputError(f"image must be a file path, a PIL image or a numpy array, not {type(image).__name__}")
     path = Path(image)
     if not path.is_file():
         raise InputError(f"image file {path} does not exist or is not a file")
-    try:
-        with Image.open(path) as img:
-            _check_size(img.width, img.height, f"image {path}")
-            img.load()  # decode fully now: truncated files fail here
-            img = ImageOps.exif_transpose(img)
-            return _pil_to_rgb(img)
-    except InputError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image {path} refused as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise InputError(f"{path} is not an image file PIL can read (PNG, JPEG, WebP, BMP, ...)") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # truncated or corrupt data
-        raise InputError(f"image {path} is truncated or corrupt: {exc}") from exc
+    return _pil_to_rgb(decode_image(path, f"image {path}"))
 
 
 def resize_rgb(arr: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -145,12 +207,26 @@ def scale_box(box: tuple[int, int, int, int], width: int, height: int, side: int
     return x0, y0, max(int(np.ceil(box[2] * sx)), x0 + 1), max(int(np.ceil(box[3] * sy)), y0 + 1)
 
 
+INVISIBLE_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")  # control, format (zero-width), separators
+
+
 def check_text(text, what: str = "instruction") -> str:
+    """An instruction or prompt with at least one visible character; no NUL, no unpaired
+    surrogates (bytes that were not UTF-8 reach Python as those)."""
     if not isinstance(text, str):
         raise InputError(f"{what} must be a string, not {type(text).__name__}")
+    hint = "change, e.g. 'make the red circle blue'" if what == "instruction" else "draw, e.g. 'a red circle and a blue square'"
+    if "\0" in text:
+        raise InputError(f"{what} contains a NUL character; send plain text saying what to {hint}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{what} is not valid UTF-8 text (it holds undecodable bytes); send UTF-8 text") from None
     if not text.strip():
-        hint = "change, e.g. 'make the red circle blue'" if what == "instruction" else "draw, e.g. 'a red circle and a blue square'"
         raise InputError(f"{what} is empty; say what to {hint}")
+    if all(unicodedata.category(c) in INVISIBLE_CATEGORIES for c in text):
+        raise InputError(f"{what} has no visible character (only spaces, zero-width or control characters); "
+                         f"say what to {hint}")
     return text
 
 

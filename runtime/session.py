@@ -46,7 +46,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .backend import Backend, choose, make_backend
-from .bundle import Bundle, open_bundle
+from .bundle import GUIDANCE_RANGE, MAX_STEPS, Bundle, open_bundle
 from .composite import composite
 from .contract import REGION_BUCKETS, STEP_CONDITION
 from .errors import BundleError, InputError
@@ -56,7 +56,6 @@ from .sampler import FlowMatchEulerScheduler, edit_branches
 
 log = logging.getLogger("qk_runtime")
 
-MAX_STEPS = 1000
 SPARSE_MODES = ("none", "region")
 
 
@@ -280,8 +279,9 @@ class EditSession:
             v = float(value)
         except (TypeError, ValueError) as exc:
             raise InputError(f"{what}={value!r}; must be a number") from exc
-        if not math.isfinite(v):
-            raise InputError(f"{what}={value!r}; must be a finite number")
+        lo, hi = GUIDANCE_RANGE
+        if not math.isfinite(v) or not lo <= v <= hi:
+            raise InputError(f"{what}={value!r}; must be a finite number from {lo:g} to {hi:g}")
         return v
 
     @staticmethod

@@ -32,6 +32,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 from qk_runtime.errors import QKRuntimeError
+from qk_runtime.files import check_output
 from qk_runtime.inputs import check_writable
 
 from ..data.shapeworld import EDIT_KINDS, SPLITS, make_edit, make_generation
@@ -266,6 +267,19 @@ def summary_line(r: dict) -> str:
     return "; ".join(parts)
 
 
+def model_folders(model: Path) -> list[Path]:
+    """The folders --model reads: the checkpoint or bundle, and a sibling bundle a bundle shares
+    its text encoder with."""
+    from qk_runtime.bundle import open_bundle
+
+    if (model / "manifest.json").is_file():
+        try:
+            return [model, *open_bundle(model, verify=False).folders]
+        except QKRuntimeError:
+            pass  # evaluate() names what is wrong with the bundle
+    return [model]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qk-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help=f"checkpoint or bundle folder (default: {DEFAULT_MODEL.relative_to(REPO_ROOT)})")
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--seed {args.seed}: must be >= 0")
     try:  # before the evaluation, not after it
         check_writable("--json", Path(args.json))
+        check_output("--json", Path(args.json), inputs=[("--inception", args.inception and Path(args.inception))],
+                     folders=[("--model", f) for f in model_folders(Path(args.model))])
     except QKRuntimeError as exc:
         parser.error(str(exc))
     settings = ["no_box"] if args.no_box else ["box"] if args.box_only else list(SETTINGS)

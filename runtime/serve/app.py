@@ -2,7 +2,7 @@
 
     qk-serve [--bundle DIR] [--backend auto|ort-cpu|...] [--host 127.0.0.1] [--port 8000]
              [--max-queue 8] [--timeout 60] [--max-upload-bytes 8388608] [--max-pixels 16777216]
-             [--max-steps 50] [--cors-origin URL ...]
+             [--max-steps 50] [--body-timeout 10] [--max-uploads 16] [--cors-origin URL ...]
 
 Routes (the schema is at /openapi.json; the interactive /docs page is off because it loads
 its scripts from a CDN):
@@ -17,11 +17,17 @@ its scripts from a CDN):
 - `GET /healthz`: backend, model side, queue state and limits. `GET /`: the editor page.
 
 One `EditSession` per process, driven by one worker thread behind a bounded queue
-(`worker.SessionWorker`). Limits, and the answer when one is hit:
+(`worker.SessionWorker`). Every POST body is read whole by `BodyGuard` before the route sees it.
+Limits, and the answer when one is hit:
 - request body over `--max-upload-bytes` plus 64 KiB for the other fields: 413, before the body
   is read when Content-Length says so, else as soon as the bytes arrive;
-- image over `--max-pixels` (from its header, before decoding): 413; not an image, corrupt,
-  bad box, empty instruction: 400; a field missing, of the wrong type or out of range: 422;
+- a body that stalls (no bytes for `--body-timeout` seconds, or not complete within `--timeout`):
+  408 and the connection closed; more than `--max-uploads` bodies arriving at once: 503 with
+  Retry-After;
+- image over `--max-pixels` (from its header, before decoding): 413; not an image, truncated,
+  corrupt (the image is decoded completely before the request takes a queue slot), bad box,
+  blank instruction: 400; a field missing, empty, not UTF-8, of the wrong type or out of
+  range: 422;
 - more than `--max-queue` requests waiting: 503 with Retry-After; a request not done within
   `--timeout` seconds (queue wait included): 504; more than `--max-connections` open
   connections: uvicorn's 503.
@@ -32,9 +38,11 @@ from a fixed table. No CORS headers unless `--cors-origin` is given.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import logging
+import math
 import sys
 import time
 from contextlib import asynccontextmanager
@@ -46,12 +54,13 @@ from typing import Literal, Optional
 from ..backend import CHOICES
 from ..errors import InputError, QKRuntimeError
 from ..inputs import check_box, check_text
-from .uploads import ImageTooLarge, decode, encode_png, open_upload
+from .uploads import ImageTooLarge, decode_upload, encode_png, form_text_problem
 from .worker import JobTimeout, QueueFull, SessionWorker
 
 try:
     import uvicorn
-    from fastapi import FastAPI, File, Form, HTTPException, Query, UploadFile
+    from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+    import anyio
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -91,16 +100,20 @@ class ServeConfig:
     max_steps: int = 50
     max_text_chars: int = 1000
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    body_timeout_s: float = 10.0  # longest wait for the next bytes of a request body
+    max_uploads: int = 16  # request bodies arriving (or their images decoding) at once
 
     def __post_init__(self):
-        for name in ("max_upload_bytes", "max_pixels", "max_steps", "max_text_chars"):
+        for name in ("max_upload_bytes", "max_pixels", "max_steps", "max_text_chars", "max_uploads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r}; must be a positive integer")
         if isinstance(self.max_queue, bool) or not isinstance(self.max_queue, int) or self.max_queue < 0:
             raise ValueError(f"max_queue={self.max_queue!r}; must be 0 or more (0: only the running request)")
-        if not self.timeout_s > 0:
-            raise ValueError(f"timeout_s={self.timeout_s!r}; must be a positive number of seconds")
+        for name in ("timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}={value!r}; must be a positive, finite number of seconds")
         if "*" in self.cors_origins:
             raise ValueError("--cors-origin '*' would let any web page drive this server; name the origins, "
                              "e.g. --cors-origin http://localhost:3000")
@@ -112,7 +125,8 @@ class ServeConfig:
     def public_limits(self) -> dict:
         return {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
                 "max_queue": self.max_queue, "timeout_s": self.timeout_s, "max_steps": self.max_steps,
-                "max_text_chars": self.max_text_chars}
+                "max_text_chars": self.max_text_chars, "body_timeout_s": self.body_timeout_s,
+                "max_uploads": self.max_uploads}
 
 
 def _require_fastapi() -> None:
@@ -135,37 +149,91 @@ if _MISSING is None:
                                   f"the other fields); send a smaller image or raise --max-upload-bytes")
 
 
-class BodyLimit:
-    """ASGI middleware: refuse bodies over `max_bytes` from Content-Length, or while streaming."""
+class BodyGuard:
+    """ASGI middleware: read every POST body whole before the app sees it. Refuses bodies over
+    `max_bytes` (413: from Content-Length, or as the bytes arrive), bodies that stall (408: no
+    bytes for `body_timeout_s`, or not complete within `total_timeout_s`), more than
+    `max_uploads` bodies arriving at once (503), a body shorter than its Content-Length (400),
+    and form fields that are not UTF-8 text (422). Then the app reads the body from memory."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, body_timeout_s: float, total_timeout_s: float, max_uploads: int):
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
+        self.total_timeout_s = total_timeout_s
+        self.max_uploads = max_uploads
+        self.in_flight = 0
+
+    @staticmethod
+    async def _answer(scope, receive, send, status: int, detail: str, headers: dict | None = None):
+        await JSONResponse({"detail": detail}, status, headers=headers)(scope, receive, send)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None:
             try:
-                too_big = int(declared) > self.max_bytes
+                declared = int(declared)
             except ValueError:
-                return await JSONResponse({"detail": "the Content-Length header is not an integer"}, 400)(scope, receive, send)
-            if too_big:
-                exc = BodyTooLarge(self.max_bytes)
-                return await JSONResponse({"detail": exc.detail}, 413, headers={"Connection": "close"})(scope, receive, send)
-        seen = 0
+                return await self._answer(scope, receive, send, 400, "the Content-Length header is not an integer")
+            if declared > self.max_bytes:
+                return await self._answer(scope, receive, send, 413, BodyTooLarge(self.max_bytes).detail, {"Connection": "close"})
+        if self.in_flight >= self.max_uploads:
+            return await self._answer(scope, receive, send, 503, f"the server is receiving {self.in_flight} uploads "
+                                      f"already (--max-uploads {self.max_uploads}); retry in a moment", {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            body = await self._read(scope, receive, send, declared)
+        finally:
+            self.in_flight -= 1
+        if body is None:  # answered, or the client left
+            return
+        problem = form_text_problem(headers.get(b"content-type", b""), body)
+        if problem:
+            return await self._answer(scope, receive, send, 422, problem)
+        replayed = False
 
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-        await self.app(scope, limited_receive, send)
+        await self.app(scope, replay, send)
+
+    async def _read(self, scope, receive, send, declared: int | None) -> bytes | None:
+        chunks, seen = [], 0
+        deadline = time.monotonic() + self.total_timeout_s
+        while True:
+            wait = min(self.body_timeout_s, deadline - time.monotonic())
+            try:
+                if wait <= 0:
+                    raise asyncio.TimeoutError
+                message = await asyncio.wait_for(receive(), timeout=wait)
+            except asyncio.TimeoutError:
+                await self._answer(scope, receive, send, 408,
+                                   f"the request body stalled after {seen} bytes (no data for {self.body_timeout_s:g} s, "
+                                   f"or not complete within {self.total_timeout_s:g} s); send the whole body at once",
+                                   {"Connection": "close"})
+                return None
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._answer(scope, receive, send, 413, BodyTooLarge(self.max_bytes).detail, {"Connection": "close"})
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if declared is not None and seen != declared:
+            await self._answer(scope, receive, send, 400, f"the request body is {seen} bytes but Content-Length says "
+                               f"{declared}; send the whole body", {"Connection": "close"})
+            return None
+        return b"".join(chunks)
 
 
 # --------------------------------------------------------------------------- responses
@@ -208,14 +276,18 @@ def _answer(fmt: str, png: bytes, result, timings: dict, width: int, height: int
     return Response(png, media_type="image/png", headers=headers)
 
 
-def _oriented_size(img) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the header."""
-    w, h = img.size
-    try:
-        orientation = img.getexif().get(0x0112)
-    except Exception:  # a broken EXIF block: decode() reports the image itself
-        orientation = None
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+def _empty_fields(form, names) -> None:
+    """A field sent empty (or blank) is refused like a missing one: 422 (the form parser would read
+    an empty optional field as absent)."""
+    empty = [n for n in names if isinstance(form.get(n), str) and not form.get(n).strip()]
+    if empty:
+        raise HTTPException(422, "; ".join(f"missing or empty field '{n}'" for n in empty) + ": leave an optional "
+                                 "field out instead of sending it empty")
+
+
+async def run_in_threadpool_limited(limiter, fn, *args):
+    """`fn(*args)` on a worker thread, at most `limiter`'s tokens at once."""
+    return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=limiter)
 
 
 def _load_static() -> dict[str, bytes]:
@@ -253,7 +325,9 @@ def create_app(config: ServeConfig | None = None, session=None):
         description="Edit and generate images with a query-kontext bundle. Errors are JSON {\"detail\": message}.",
     )
     app.state.worker, app.state.session, app.state.config = worker, session, config
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=config.max_body_bytes, body_timeout_s=config.body_timeout_s,
+                       total_timeout_s=config.timeout_s, max_uploads=config.max_uploads)
+    decode_slots = anyio.CapacityLimiter(2)  # images decoding at once (each may hold --max-pixels x 3 bytes)
     if config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -325,6 +399,7 @@ def create_app(config: ServeConfig | None = None, session=None):
     @app.post("/v1/edit", summary="Edit an image as an instruction says, inside a box if given",
               response_class=Response, responses=png_responses)
     async def edit(
+        request: Request,
         image: UploadFile = File(..., description="the image (PNG, JPEG, WebP, BMP or GIF)"),
         instruction: str = Form(..., max_length=config.max_text_chars, description="e.g. 'make the red circle blue'"),
         box: Optional[str] = Form(None, max_length=64, description="x0,y0,x1,y1 in the image's pixels, x1 and y1 exclusive"),
@@ -333,26 +408,24 @@ def create_app(config: ServeConfig | None = None, session=None):
         fmt: Literal["png", "json"] = Query("png", alias="format", description="png: the image; json: base64 PNG, timings, gate"),
     ):
         t0 = time.perf_counter()
+        _empty_fields(await request.form(), ("box", "steps", "seed"))
+        # refuse what would fail anyway before decoding and before taking a queue slot (the session checks again)
+        check_text(instruction, "instruction")
         data = await image.read(config.max_upload_bytes + 1)
         await image.close()
-        img = open_upload(data, config.max_upload_bytes, config.max_pixels)
-        width, height = _oriented_size(img)
-        # refuse what would fail anyway before taking a queue slot (the session checks again)
-        check_text(instruction, "instruction")
-        box = box if box is not None and box.strip() else None
+        rgb = await run_in_threadpool_limited(decode_slots, decode_upload, data, config.max_upload_bytes, config.max_pixels)
+        decode_ms = (time.perf_counter() - t0) * 1000.0
+        height, width = rgb.shape[:2]
         if box is not None:
             check_box(box, width, height)
 
         def job():
-            t = time.perf_counter()
-            pil = decode(img)
-            decode_ms = (time.perf_counter() - t) * 1000.0
-            result = session.edit(pil, instruction, box, steps=steps, seed=seed)
+            result = session.edit(rgb, instruction, box, steps=steps, seed=seed)
             t = time.perf_counter()
             png = encode_png(result.image)
-            return result, png, decode_ms, (time.perf_counter() - t) * 1000.0
+            return result, png, (time.perf_counter() - t) * 1000.0
 
-        (result, png, decode_ms, encode_ms), wait_ms = await worker.run(job)
+        (result, png, encode_ms), wait_ms = await worker.run(job)
         timings = {"queue_wait": wait_ms, "decode": decode_ms, **result.timings, "encode": encode_ms}
         timings["server_total"] = (time.perf_counter() - t0) * 1000.0
         h, w = result.image.shape[:2]
@@ -361,12 +434,14 @@ def create_app(config: ServeConfig | None = None, session=None):
     @app.post("/v1/generate", summary="Draw a new image from a prompt", response_class=Response,
               responses=png_responses)
     async def generate(
+        request: Request,
         prompt: str = Form(..., max_length=config.max_text_chars, description="e.g. 'a large red circle at the top left'"),
         steps: Optional[int] = Form(None, ge=1, le=config.max_steps, description="denoising steps (default: the bundle's)"),
         seed: int = Form(0, ge=0, le=MAX_SEED, description="noise seed"),
         fmt: Literal["png", "json"] = Query("png", alias="format", description="png: the image; json: base64 PNG and timings"),
     ):
         t0 = time.perf_counter()
+        _empty_fields(await request.form(), ("steps", "seed"))
         check_text(prompt, "prompt")
 
         def job():
@@ -406,6 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"largest steps a request may ask for (default {d.max_steps})")
     p.add_argument("--max-text-chars", type=int, default=d.max_text_chars,
                    help=f"longest instruction or prompt in characters (default {d.max_text_chars})")
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help=f"seconds a request body may stall before 408 (default {d.body_timeout_s:g}; the whole body must "
+                        f"also arrive within --timeout)")
+    p.add_argument("--max-uploads", type=int, default=d.max_uploads,
+                   help=f"request bodies arriving at once; more get 503 + Retry-After (default {d.max_uploads})")
     p.add_argument("--max-connections", type=int, default=64,
                    help="open connections at most; more get 503 from uvicorn (default 64)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
@@ -432,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         config = ServeConfig(bundle=args.bundle, backend=args.backend, threads=args.threads,
                              max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                              max_queue=args.max_queue, timeout_s=args.timeout, max_steps=args.max_steps,
-                             max_text_chars=args.max_text_chars, cors_origins=tuple(args.cors_origin))
+                             max_text_chars=args.max_text_chars, cors_origins=tuple(args.cors_origin),
+                             body_timeout_s=args.body_timeout, max_uploads=args.max_uploads)
         if args.max_connections < config.max_queue + 2:
             raise ValueError(f"--max-connections {args.max_connections} is below --max-queue + 2 = {config.max_queue + 2}; "
                              f"queued requests would be refused by uvicorn instead of answered with Retry-After")

@@ -185,9 +185,10 @@ class RepoModels:
 
 def open_model_dir(model_dir: str | Path, *, verify: bool = True) -> RepoModels:
     """Open the manifest `qk-triton` wrote into a BLS model's version folder. `verify` checks the
-    sha256 of every per-network model file it points at (and of the tokenizer)."""
+    sha256 of every per-network model file it points at (and of the tokenizer). Every file it
+    names must resolve inside the repository (REPO/qk_edit/1 -> REPO)."""
     model_dir = Path(model_dir)
-    bundle = open_bundle(model_dir, verify=verify)
+    bundle = open_bundle(model_dir, verify=verify, root=model_dir.resolve().parent.parent)
     info = bundle.manifest.get("triton")
     if not isinstance(info, dict) or info.get("format") != REPO_FORMAT:
         raise BundleError(f"{model_dir / MANIFEST} has no 'triton' section: it is a bundle, not a model folder "

@@ -46,7 +46,8 @@ from pathlib import Path
 from ..bundle import Bundle, open_bundle, sha256_file
 from ..contract import MANIFEST, TOKENIZER
 from ..engines import bundle_label, engines_root, read_engines_json, rebuild_command
-from ..errors import QKRuntimeError
+from ..errors import InputError, QKRuntimeError
+from ..files import check_output, read_json
 from . import pbtxt
 from .bls import MODEL_NAMES, REPO_FORMAT, REPO_FORMAT_VERSION, IOSpec, edit_io, generate_io
 
@@ -133,18 +134,24 @@ def bls_config(model: str, mode: str, bundle: Bundle, *, instances: int, python_
 
 def _is_qk_repo(folder: Path) -> bool:
     try:
-        manifest = json.loads((folder / MODEL_NAMES["edit"] / VERSION_DIR / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = read_json(folder / MODEL_NAMES["edit"] / VERSION_DIR / MANIFEST, RepoError)
+    except RepoError:
         return False
     return isinstance(manifest, dict) and (manifest.get("triton") or {}).get("format") == REPO_FORMAT
 
 
-def _check_out(out: Path, bundle_dir: Path, force: bool) -> None:
+def _check_out(out: Path, bundle: Bundle, force: bool, engines_dir: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise RepoError(f"--out {out} is a file; give a folder for the model repository")
-    ro, rb = out.resolve(), bundle_dir.resolve()
-    if ro == rb or rb in ro.parents or ro in rb.parents:
-        raise RepoError(f"--out {out} and --bundle {bundle_dir} overlap; write the repository to a folder outside the bundle")
+    ro = out.resolve()
+    for folder in bundle.folders:  # the bundle and a sibling it shares a text encoder with
+        if ro == folder or folder in ro.parents or ro in folder.parents:
+            raise RepoError(f"--out {out} and the bundle folder {folder} (read by --bundle {bundle.path}) overlap; "
+                            f"write the repository to a folder outside the bundle")
+    try:
+        check_output("--out", out, folders=[("--engines", engines_dir)] if engines_dir else [], folder_output=True)
+    except InputError as exc:
+        raise RepoError(str(exc)) from None
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise RepoError(f"--out {out} exists and is not empty; choose another folder, or pass --force to replace "
@@ -266,12 +273,12 @@ def _layout(bundle: Bundle, build: Path, *, backend: str, engines: tuple[Path, d
             entry = bundle.manifest["graphs"][graph]
             extra = _companions(bundle, graph)
             target = vdir / MODEL_FILES["onnx"] / MODEL_FILES["onnx"] if extra else vdir / MODEL_FILES["onnx"]
-            _place(bundle.path / entry["file"], target, bundle.files[entry["file"]], copy, f"bundle {bundle.path}")
+            _place(bundle.paths[entry["file"]], target, bundle.files[entry["file"]], copy, f"bundle {bundle.path}")
             rel = target.relative_to(build).as_posix()
             files[rel] = bundle.files[entry["file"]]
             for name in extra:
                 dst = target.parent / Path(name).name
-                _place(bundle.path / name, dst, bundle.files[name], copy, f"bundle {bundle.path}")
+                _place(bundle.paths[name], dst, bundle.files[name], copy, f"bundle {bundle.path}")
                 files[dst.relative_to(build).as_posix()] = bundle.files[name]
         graph_files[graph] = rel
         config = network_config(bundle, graph, model, backend=backend, max_batch=max_batch, instances=instances, device=device)
@@ -302,7 +309,7 @@ def _layout(bundle: Bundle, build: Path, *, backend: str, engines: tuple[Path, d
             "written_by": f"query-kontext {_version()}",
             "command": command,
         }
-        _place(bundle.path / TOKENIZER, vdir / TOKENIZER, bundle.files[TOKENIZER], copy, f"bundle {bundle.path}")
+        _place(bundle.paths[TOKENIZER], vdir / TOKENIZER, bundle.files[TOKENIZER], copy, f"bundle {bundle.path}")
         _write_text(vdir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         _write_text(vdir / "model.py", template)
         config = bls_config(model, mode, bundle, instances=instances, python_env=python_env)
@@ -320,8 +327,8 @@ def write_repository(bundle_dir: str | Path, out: str | Path, *, backend: str = 
     if engines and backend != "tensorrt":
         raise RepoError("--engines is only used with --backend tensorrt")
     bundle = open_bundle(bundle_dir, verify=False)  # structure now; every file's sha256 as it is placed
-    _check_out(out, bundle.path, force)
     found = find_engines(bundle, Path(engines) if engines else None) if backend == "tensorrt" else None
+    _check_out(out, bundle, force, found[0] if found else None)
     command = command or (f"write_repository({str(bundle_dir)!r}, {str(out)!r}, backend={backend!r}, "
                           f"max_batch={max_batch}, instances={instances}, device={device!r})")
 

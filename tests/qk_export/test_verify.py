@@ -53,3 +53,53 @@ def test_check_or_verify_of_a_missing_folder_is_a_bad_argument(tmp_path, capsys)
     assert main(["--check", str(tmp_path), "--out", str(tmp_path / "b")]) == 2
     assert "run the export (--out) as a command of its own" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
+
+
+def _outside(copy, tmp_path):
+    import hashlib
+    import json
+    import os
+
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not the bundle's\n")
+    m = json.loads((copy / "manifest.json").read_text())
+    rel = os.path.relpath(secret, copy)
+    m["graphs"]["cmg"]["file"] = rel
+    m["files"][rel] = hashlib.sha256(secret.read_bytes()).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(m))
+    return secret, rel
+
+
+@pytest.mark.parametrize("mode", ["--verify", "--check"])
+def test_check_and_verify_never_read_outside_the_bundle(copy, tmp_path, capsys, mode):
+    """Before: --check loaded `bundle / graph["file"]` wherever it pointed, --verify hashed it."""
+    from qk_bench.bad_inputs import OpenWatch
+
+    secret, rel = _outside(copy, tmp_path)
+    with OpenWatch(secret) as watch:
+        assert main([mode, str(copy)]) in (1, 2)
+        assert not watch.opened()
+    err = capsys.readouterr().err
+    assert rel in err and "leaves the bundle folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", ["--verify", "--check"])
+def test_check_and_verify_refuse_a_deeply_nested_manifest(copy, capsys, mode):
+    (copy / "manifest.json").write_text("[" * 200_000 + "]" * 200_000)  # before: RecursionError
+    assert main([mode, str(copy)]) in (1, 2)
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "Traceback" not in err
+
+
+def test_check_names_a_truncated_graph(copy, capsys):
+    import hashlib
+    import json
+
+    data = (copy / "gateway.onnx").read_bytes()[:3000]
+    (copy / "gateway.onnx").write_bytes(data)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["files"]["gateway.onnx"] = hashlib.sha256(data).hexdigest()
+    (copy / "manifest.json").write_text(json.dumps(m))
+    assert main(["--check", str(copy)]) == 2  # before: protobuf's DecodeError as a traceback
+    err = capsys.readouterr().err
+    assert "gateway.onnx" in err and "not a readable ONNX model" in err and "Traceback" not in err

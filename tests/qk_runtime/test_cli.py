@@ -153,3 +153,44 @@ def test_qk_edit_checks_its_output_paths_before_the_work(fp32_bundle, image_file
         assert line.startswith("qk-edit: error:") and message in line, line
     assert not out.exists() and (tmp_path / "afile").read_text() == "mine"
     assert not [p for p in tmp_path.iterdir() if p.name not in ("afile", "folder.png", image_file.name)]
+
+
+def test_outputs_never_replace_an_input(bundle_copy, image_file, tmp_path, capsys):
+    """Before: --json equal to --image replaced the image with timings, --json <bundle>/manifest.json
+    replaced the bundle's manifest, --out equal to --image replaced the input; all exit 0."""
+    import shutil
+
+    bundle = bundle_copy
+    keep = {p: p.read_bytes() for p in [image_file, *bundle.iterdir()]}
+    (tmp_path / "link.png").symlink_to(image_file)
+    base = ["--bundle", str(bundle), "--image", str(image_file), "--instruction", "make it blue",
+            "--backend", "ort-cpu", "--steps", "2"]
+    for extra, message in [
+        (["--out", str(image_file)], "is the --image file: the edit would replace your image"),
+        (["--out", str(tmp_path / "link.png")], "is the --image file"),
+        (["--out", str(tmp_path / "o.png"), "--json", str(image_file)], "is the same file as --image"),
+        (["--out", str(tmp_path / "o.png"), "--json", str(bundle / "manifest.json")], "lies inside the bundle"),
+        (["--out", str(bundle / "x.png")], "lies inside the bundle"),
+        (["--out", str(tmp_path / "o.png"), "--json", str(image_file), "--overwrite-input"], "is the same file as --image"),
+    ]:
+        assert edit_main(base + extra) == 2, extra
+        line = _one_line_error(capsys)
+        assert message in line, line
+    assert {p: p.read_bytes() for p in keep} == keep and not (tmp_path / "o.png").exists()
+    assert generate_main(["--bundle", str(bundle), "--prompt", "a red circle", "--out", str(bundle / "g.png")]) == 2
+    assert "lies inside the bundle" in _one_line_error(capsys)
+    # replacing the image is a choice the flag makes explicit
+    mine = tmp_path / "mine.png"
+    shutil.copy(image_file, mine)
+    assert edit_main(base[:3] + [str(mine)] + base[4:] + ["--out", str(mine), "--overwrite-input"]) == 0
+    assert mine.read_bytes() != image_file.read_bytes()
+
+
+@pytest.mark.parametrize("flag, value", [("--text-guidance", "1e308"), ("--text-guidance", "nan"),
+                                         ("--image-guidance", "-1"), ("--image-guidance", "inf")])
+def test_guidance_from_the_command_line_must_be_finite_and_in_range(fp32_bundle, image_file, tmp_path, capsys, flag, value):
+    """Before: 1e308 ran to NaN pixels with exit 0."""
+    assert edit_main(["--bundle", str(fp32_bundle), "--image", str(image_file), "--instruction", "make it blue",
+                      "--out", str(tmp_path / "o.png"), "--steps", "2", flag, value]) == 2
+    assert "must be a finite number from 0 to 100" in _one_line_error(capsys)
+    assert not (tmp_path / "o.png").exists()

@@ -191,3 +191,63 @@ def test_exif_orientation_is_applied_to_files_and_opened_images(tmp_path):
         from_pil = load_image(opened)
     assert from_file.shape == from_pil.shape == (4, 2, 3)
     np.testing.assert_array_equal(from_file, from_pil)
+
+
+# --------------------------------------------------------------------------- one decode path
+
+
+def _corrupt_idat_png(tmp_path) -> bytes:
+    """A PNG whose IDAT is garbage behind a valid CRC: Pillow's first load() fails, a second passes."""
+    path = tmp_path / "g.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(path)
+    good = path.read_bytes()
+    i = good.index(b"IDAT")
+    n = struct.unpack(">I", good[i - 4:i])[0]
+    body = b"\x78\x9c" + bytes(range(256))[: n - 2]
+    return good[:i - 4] + struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body)) + good[i + 8 + n:]
+
+
+def test_pil_images_in_any_state_get_the_same_input_error(tmp_path):
+    """Before: a closed PIL image raised PIL's ValueError, a lazily opened truncated one PIL's OSError."""
+    path = tmp_path / "t.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    closed = Image.open(path)
+    closed.load()
+    closed.close()
+    with pytest.raises(InputError, match="the PIL image is closed"):
+        load_image(closed)
+    made = Image.new("RGB", (8, 8))
+    made.close()
+    with pytest.raises(InputError, match="the PIL image is closed"):
+        load_image(made)
+    data = path.read_bytes()
+    (tmp_path / "half.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(Image.open(tmp_path / "half.png"))
+    (tmp_path / "no_end.png").write_bytes(data[:-12])  # every pixel there, no IEND: refused as the file path is
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(tmp_path / "no_end.png")
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(Image.open(tmp_path / "no_end.png"))
+    assert load_image(Image.open(path)).shape == (64, 64, 3)  # a lazily opened, complete image decodes
+
+
+def test_corrupt_image_data_and_broken_exif_are_refused(tmp_path):
+    (tmp_path / "c.png").write_bytes(_corrupt_idat_png(tmp_path))
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        load_image(tmp_path / "c.png")
+    good = (tmp_path / "g.png").read_bytes()
+    i = good.index(b"IDAT") - 4
+    exif = b"\0\0\0garbage" * 3
+    chunk = struct.pack(">I", len(exif)) + b"eXIf" + exif + struct.pack(">I", zlib.crc32(b"eXIf" + exif))
+    (tmp_path / "e.png").write_bytes(good[:i] + chunk + good[i:])
+    with pytest.raises(InputError, match="broken EXIF block"):
+        load_image(tmp_path / "e.png")
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200c\u200d\ufeff\u2060", "\0", "\0\0", "ok\0", "\x01\x02",
+                                  "\u2028", "\udcff"])
+def test_instructions_without_visible_text_or_with_nul_are_refused(text):
+    """Before: zero-width and NUL-only instructions were encoded and run as text."""
+    with pytest.raises(InputError, match="no visible character|NUL|not valid UTF-8|is empty"):
+        check_text(text)

@@ -175,3 +175,114 @@ def test_external_weights_missing_from_files_are_refused(region_bundle, tmp_path
     (copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"graph '?\w+'? external data 'decoder.weights' has no sha256 in 'files'"):
         open_bundle(copy)
+
+
+# --------------------------------------------------------------------------- files outside the bundle
+
+
+def _point_outside(bundle: Path, secret: Path, graph: str = "text_encoder") -> str:
+    """The manifest names `secret` (outside the bundle) as a graph's file, with its true sha256."""
+    import hashlib
+    import os
+
+    rel = os.path.relpath(secret, bundle)
+    m = json.loads((bundle / MANIFEST).read_text())
+    m["files"].pop(m["graphs"][graph]["file"])
+    m["graphs"][graph]["file"] = rel
+    m["files"][rel] = hashlib.sha256(secret.read_bytes()).hexdigest()
+    (bundle / MANIFEST).write_text(json.dumps(m))
+    return rel
+
+
+def test_a_manifest_naming_a_file_outside_is_refused_and_the_file_never_opened(bundle_copy, tmp_path, capsys):
+    """Before: open_bundle accepted ../../outside/secret with its real sha256 (it hashed the file),
+    and qk-triton hard-linked it into the repository it wrote, exit 0."""
+    from qk_bench.bad_inputs import OpenWatch
+    from qk_runtime import EditSession
+    from qk_runtime.triton.repo import main as triton_main
+
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not the bundle's\n")
+    original = (bundle_copy / MANIFEST).read_text()
+    _point_outside(bundle_copy, secret, "text_encoder")  # the text encoder may come only from a sibling bundle
+    text_encoder_outside = (bundle_copy / MANIFEST).read_text()
+    (bundle_copy / MANIFEST).write_text(original)
+    rel = _point_outside(bundle_copy, secret, "image_encoder")
+    (bundle_copy / "escape").symlink_to(secret.parent, target_is_directory=True)  # a folder link out of it, too
+    with OpenWatch(secret) as watch:
+        with pytest.raises(BundleError, match="leaves the bundle folder") as err:
+            open_bundle(bundle_copy)
+        assert rel in str(err.value)
+        with pytest.raises(BundleError):
+            EditSession(bundle_copy, backend="ort-cpu")
+        assert triton_main(["--bundle", str(bundle_copy), "--out", str(tmp_path / "repo")]) == 2
+        assert "leaves the bundle folder" in capsys.readouterr().err
+        m = json.loads((bundle_copy / MANIFEST).read_text())
+        m["graphs"]["image_encoder"]["file"] = "escape/secret.txt"
+        m["files"] = {("escape/secret.txt" if k == rel else k): v for k, v in m["files"].items()}
+        (bundle_copy / MANIFEST).write_text(json.dumps(m))
+        with pytest.raises(BundleError, match=r"outside .*a manifest may name only files inside its bundle"):
+            open_bundle(bundle_copy)
+        (bundle_copy / MANIFEST).write_text(text_encoder_outside)
+        with pytest.raises(BundleError, match="only the text encoder may come from outside the bundle"):
+            open_bundle(bundle_copy)
+        assert not watch.opened(), "a file outside the bundle was opened because of its manifest"
+    assert not (tmp_path / "repo").exists()
+
+
+def test_the_shipped_fp32_bundle_reads_only_its_sibling_text_encoder(tmp_path):
+    """engines/default/fp32 names ../int8/text_encoder.onnx: allowed because int8 is a bundle beside
+    it that lists that file as its own text encoder with the same sha256; nothing else leaves it."""
+    from qk_runtime.session import default_bundle_dir
+
+    int8 = default_bundle_dir()
+    fp32 = open_bundle(int8.parent / "fp32")
+    assert fp32.graphs["text_encoder"].path == (int8 / "text_encoder.onnx").resolve()
+    assert fp32.folders == ((int8.parent / "fp32").resolve(), int8.resolve())
+    alone = Path(shutil.copytree(int8.parent / "fp32", tmp_path / "fp32"))  # no int8 beside it
+    with pytest.raises(BundleError, match="sibling bundle .* cannot be read"):
+        open_bundle(alone)
+    shutil.copytree(int8, tmp_path / "int8")
+    m = json.loads((tmp_path / "int8" / MANIFEST).read_text())
+    m["files"]["text_encoder.onnx"] = "0" * 64  # the sibling no longer vouches for that file
+    (tmp_path / "int8" / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="does not list 'text_encoder.onnx' as its own text encoder"):
+        open_bundle(alone)
+
+
+def test_deep_or_huge_manifests_are_refused_by_size_and_depth(bundle_copy):
+    (bundle_copy / MANIFEST).write_text("[" * 200_000 + "]" * 200_000)  # before: RecursionError
+    with pytest.raises(BundleError, match="nested too deeply"):
+        open_bundle(bundle_copy)
+    (bundle_copy / MANIFEST).write_text("{" + " " * (5 << 20) + "}")
+    with pytest.raises(BundleError, match="over the limit of 4194304"):
+        open_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("text_guidance", float("nan")), ("text_guidance", 1e308), ("image_guidance", -1.0), ("gen_guidance", float("inf")),
+    ("gate_threshold", 2.0), ("steps", 1e308), ("steps", 20.5), ("shift", 0.0), ("halo", -1),
+    ("region_buckets", [1.0, 0.5, 1.0]), ("region_buckets", [float("nan"), 1.0]),
+])
+def test_sampler_numbers_must_be_finite_and_in_range(bundle_copy, key, value):
+    """Before: NaN and 1e308 guidance from a manifest ran (NaN pixels, exit 0); steps 1e308 was an
+    OverflowError traceback; 20.5 steps became 20 silently."""
+    _edit_manifest(bundle_copy, lambda m: m["sampler"].update({key: value}))
+    with pytest.raises(BundleError, match=f"sampler.{key}"):
+        open_bundle(bundle_copy)
+
+
+def test_a_truncated_graph_with_its_hash_updated_is_a_bundle_error_naming_the_file(bundle_copy, source_image):
+    """Before: ONNX Runtime's own exception (InvalidProtobuf) reached the caller, and qk-edit
+    printed only its class."""
+    import hashlib
+
+    from qk_runtime import EditSession
+
+    data = (bundle_copy / "gateway.onnx").read_bytes()[:5000]
+    (bundle_copy / "gateway.onnx").write_bytes(data)
+    _edit_manifest(bundle_copy, lambda m: m["files"].update({"gateway.onnx": hashlib.sha256(data).hexdigest()}))
+    with pytest.raises(BundleError, match=r"ONNX Runtime cannot load graph 'gateway' from .*gateway.onnx .*re-export"):
+        with EditSession(bundle_copy, backend="ort-cpu") as s:
+            s.edit(source_image, "make it blue", steps=2)

@@ -355,3 +355,95 @@ def test_qk_serve_refuses_a_port_out_of_range(capsys, port):
         main(["--port", port])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "argument --port" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- bodies, uploads and fields
+
+
+def _corrupt_png(scene) -> bytes:
+    """IDAT garbage behind a valid CRC: Pillow's first load() fails, a second one passes."""
+    good = _png(scene)
+    i = good.index(b"IDAT")
+    n = struct.unpack(">I", good[i - 4:i])[0]
+    body = b"\x78\x9c" + bytes(range(256))[: n - 2]
+    return good[:i - 4] + struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body)) + good[i + 8 + n:]
+
+
+def test_a_corrupt_png_is_400_and_never_queues(client, scene):
+    """Before: the orientation step decoded the image inside a broad except, the later load passed,
+    and the server edited a half-decoded image (200); truncated uploads took queue slots."""
+    worker = client.app.state.worker
+    before = worker.completed
+    _assert_clear_4xx(_edit(client, _corrupt_png(scene)), 400, "truncated or corrupt")
+    png = _png(scene)
+    _assert_clear_4xx(_edit(client, png[: len(png) * 3 // 4]), 400, "truncated or corrupt")
+    assert worker.completed == before and worker.admitted == 0
+
+
+@pytest.mark.parametrize("field", ["steps", "seed", "box"])
+def test_empty_optional_fields_are_422(client, scene, field):
+    """Before: steps="" was read as absent and the edit ran (200)."""
+    _assert_clear_4xx(_edit(client, _png(scene), **{field: ""}), 422, f"missing or empty field '{field}'")
+
+
+def test_form_fields_that_are_not_utf8_are_422(client, scene):
+    """Before: the form parser read them as Latin-1 and the edit ran (200)."""
+    r = client.post("/v1/edit", files={"image": ("in.png", _png(scene), "image/png"),
+                                       "instruction": (None, b"make it \xff\xfe blue"), "steps": (None, b"2")})
+    _assert_clear_4xx(r, 422, "field 'instruction' is not UTF-8 text")
+    r = client.post("/v1/generate", content=b"prompt=a%FFcircle", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    _assert_clear_4xx(r, 422, "not UTF-8 text")
+    r = client.post("/v1/edit", files={"image": ("in.png", _png(scene), "image/png"),
+                                       "instruction": (None, "\u200b\u200b".encode()), "steps": (None, b"2")})
+    _assert_clear_4xx(r, 400, "no visible character")
+
+
+def _serve_in_thread(session, **limits):
+    import socket
+
+    import uvicorn
+
+    app = create_app(ServeConfig(**limits), session=session)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    return server, thread, port
+
+
+def test_a_stalled_body_gets_408_and_uploads_in_flight_are_bounded(session):
+    """Before: a request announcing 200 KB and sending 150 bytes held its connection for 30 s and more."""
+    import socket
+
+    server, thread, port = _serve_in_thread(session, body_timeout_s=1.0, timeout_s=10.0, max_uploads=2)
+    head = (b"POST /v1/edit HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=zz\r\n"
+            b"Content-Length: 200000\r\n\r\n")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            t0 = time.monotonic()
+            s.sendall(head + b"x" * 150)
+            answer = s.recv(65536)
+            waited = time.monotonic() - t0
+        assert answer.startswith(b"HTTP/1.1 408") and b"stalled after 150 bytes" in answer, answer
+        assert waited < 5, waited
+        socks = []
+        try:
+            for _ in range(3):
+                c = socket.create_connection(("127.0.0.1", port), timeout=10)
+                c.sendall(head + b"x" * 10)
+                socks.append(c)
+                time.sleep(0.2)
+            third = socks[-1].recv(65536)
+        finally:
+            for c in socks:
+                c.close()
+        assert third.startswith(b"HTTP/1.1 503") and b"--max-uploads 2" in third, third
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,68 @@ def test_composite_entries_are_read_and_refused_as_in_python(cpp_build, fp32_bun
         assert out["error"] == 2 and "'composite'" in out["message"] and "'composite'" in str(exc), (out, exc)
         return
     assert probe(cpp_build, "bundle", copy)["composite"] == want
+
+
+def test_bundle_files_outside_and_bad_manifests_are_refused_as_in_python(cpp_build, fp32_bundle, tmp_path):
+    """Before: the C++ loader hashed and ran whatever path the manifest named (../../secret with its
+    real sha256), parsed any depth, and ran NaN or 1e308 guidance from the manifest."""
+    import hashlib
+    import os
+
+    from qk_bench.bad_inputs import OpenWatch
+    from qk_runtime.bundle import open_bundle
+    from qk_runtime.errors import BundleError
+
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not the bundle's\n")
+    sha = hashlib.sha256(secret.read_bytes()).hexdigest()
+
+    def outside(m, copy):
+        rel = os.path.relpath(secret, copy)
+        m["graphs"]["cmg"]["file"] = rel
+        m["files"][rel] = sha
+
+    def linked(m, copy):
+        (copy / "tokenizer.json").unlink()
+        (copy / "tokenizer.json").symlink_to(secret)
+        m["files"]["tokenizer.json"] = sha
+
+    def deep(m, copy):
+        return "[" * 200_000 + "]" * 200_000
+
+    cases = [(outside, "leaves the bundle folder"), (linked, "outside"), (deep, "nested"),
+             (lambda m, c: m["sampler"].update(text_guidance=float("nan")), "is not valid JSON"),  # NaN is no JSON to nlohmann
+             (lambda m, c: m["sampler"].update(text_guidance=1e308), "sampler.text_guidance"),
+             (lambda m, c: m["sampler"].update(steps=20.5), "sampler.steps"),
+             (lambda m, c: m["sampler"].update(region_buckets=[1.0, 0.5, 1.0]), "sampler.region_buckets"),
+             (lambda m, c: m["dims"].update(image_size=10**9), "dims.image_size")]
+    for k, (change, words) in enumerate(cases):
+        copy = Path(shutil.copytree(fp32_bundle, tmp_path / f"b{k}"))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        text = change(manifest, copy)
+        (copy / "manifest.json").write_text(text if isinstance(text, str) else json.dumps(manifest))
+        with OpenWatch(secret) as watch:
+            out = probe(cpp_build, "bundle", copy, ok=False)
+            with pytest.raises(BundleError):
+                open_bundle(copy)
+            assert not watch.opened(), f"case {k}: the file outside the bundle was opened"
+        assert out["error"] == 2 and words in out["message"], (k, out)
+
+
+def test_qk_edit_cpp_refuses_outputs_that_replace_its_inputs(cpp_build, fp32_bundle, tmp_path, scene_png):
+    """Before: --out equal to --image replaced the image, --json inside the bundle replaced its files."""
+    image = tmp_path / "mine.png"
+    image.write_bytes(scene_png.read_bytes())
+    keep = image.read_bytes(), (fp32_bundle / "manifest.json").read_bytes()
+    base = [str(cpp_build / "qk_edit_cpp"), "--bundle", str(fp32_bundle), "--image", str(image), "--instruction",
+            "make it blue", "--steps", "2", "--threads", "1"]
+    for extra, words in [(["--out", str(image)], "is the --image file"),
+                         (["--out", str(tmp_path / "o.png"), "--json", str(image)], "same file as --image"),
+                         (["--out", str(tmp_path / "o.png"), "--json", str(fp32_bundle / "manifest.json")], "inside the bundle folder"),
+                         (["--out", str(fp32_bundle / "x.png")], "inside the bundle folder")]:
+        run = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and words in run.stderr, (extra, run.stderr)
+    assert (image.read_bytes(), (fp32_bundle / "manifest.json").read_bytes()) == keep
+    run = subprocess.run(base + ["--out", str(image), "--overwrite-input"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

@@ -1,5 +1,6 @@
 #include "bundle.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <filesystem>
@@ -21,6 +22,16 @@ const char* kScheduler = "FlowMatchEulerDiscreteScheduler";
 const char* kHint = "re-export it with qk-export (for example: qk-export --model CKPT --out DIR)";
 const char* kRequired[] = {"text_encoder", "image_encoder", "image_decoder", "decoder"};
 constexpr long long kMaxWiden = 8;  // composite.py MAX_WIDEN
+// runtime/files.py and runtime/bundle.py: what a manifest may be and hold
+constexpr std::size_t kMaxJsonBytes = 4 * 1024 * 1024;
+constexpr int kMaxJsonDepth = 64;
+constexpr int kMaxSteps = 1000;
+constexpr double kGuidanceMin = 0.0, kGuidanceMax = 100.0, kShiftMin = 0.01, kShiftMax = 100.0;
+constexpr int kMaxHalo = 64;
+const char* kSharedGraph = "text_encoder";
+const char* kSiblingRule = "only the text encoder may come from outside the bundle, as ../<sibling>/<file> of a bundle "
+                           "beside this one that lists <file> as its own text encoder with the same sha256 "
+                           "(qk-export --text-encoder-from)";
 
 std::string dump(const json& j) { return j.dump(); }
 
@@ -45,6 +56,49 @@ json profile_of(const std::vector<TensorSpec>& inputs, const std::map<std::strin
     return prof;
 }
 
+struct TooDeep {};
+
+// runtime/files.py read_json: at most kMaxJsonBytes bytes and kMaxJsonDepth levels
+json read_json_limited(const fs::path& p, const std::string& fix) {
+    std::ifstream in(p, std::ios::binary);
+    if (!in) throw BundleError("cannot read " + p.string() + "; " + fix);
+    std::string text(kMaxJsonBytes + 1, '\0');
+    in.read(&text[0], static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    if (text.size() > kMaxJsonBytes)
+        throw BundleError(p.string() + " is " + std::to_string(text.size()) + " bytes or more, over the limit of " +
+                          std::to_string(kMaxJsonBytes) + " for this file; " + fix);
+    json::parser_callback_t limit = [](int depth, json::parse_event_t event, json&) {
+        if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+            depth >= kMaxJsonDepth)
+            throw TooDeep{};
+        return true;
+    };
+    try {
+        return json::parse(text, limit);
+    } catch (const TooDeep&) {
+        throw BundleError(p.string() + " is nested more than " + std::to_string(kMaxJsonDepth) + " levels deep, over the limit; " + fix);
+    } catch (const json::exception& e) {
+        throw BundleError(p.string() + " is not valid JSON (" + e.what() + "); " + fix);
+    }
+}
+
+fs::path real_path(const fs::path& p) {
+    std::error_code ec;
+    fs::path r = fs::weakly_canonical(fs::absolute(p, ec), ec);
+    return ec ? fs::absolute(p).lexically_normal() : r;
+}
+
+bool is_inside(const fs::path& p, const fs::path& folder) {
+    auto it = p.begin();
+    for (const auto& part : folder) {
+        if (part.empty()) continue;
+        if (it == p.end() || *it != part) return false;
+        ++it;
+    }
+    return true;
+}
+
 json read_manifest(const fs::path& folder) {
     std::error_code ec;
     if (!fs::exists(folder, ec))
@@ -54,16 +108,10 @@ json read_manifest(const fs::path& folder) {
     fs::path mpath = folder / "manifest.json";
     if (!fs::is_regular_file(mpath, ec))
         throw BundleError(folder.string() + " has no manifest.json, so it is not a bundle (or an unfinished one); " + kHint);
-    std::ifstream in(mpath, std::ios::binary);
-    if (!in) throw BundleError("cannot read " + mpath.string());
-    std::stringstream ss;
-    ss << in.rdbuf();
-    json m;
-    try {
-        m = json::parse(ss.str());
-    } catch (const json::exception& e) {
-        throw BundleError(mpath.string() + " is not valid JSON (" + e.what() + "); the bundle is corrupt: " + kHint);
-    }
+    if (real_path(mpath).parent_path() != real_path(folder))
+        throw BundleError(mpath.string() + " is a link to " + real_path(mpath).string() +
+                          ", outside the bundle; a bundle's manifest must be a file in its folder: " + kHint);
+    json m = read_json_limited(mpath, std::string("the bundle is corrupt: ") + kHint);
     if (!m.is_object()) throw BundleError(mpath.string() + " does not hold a JSON object; " + kHint);
     if (m.value("format", json()) != json(kFormat))
         throw BundleError(mpath.string() + " has format " + dump(m.value("format", json())) + ", not \"" + kFormat +
@@ -86,29 +134,125 @@ json read_manifest(const fs::path& folder) {
     return m;
 }
 
-fs::path resolve(const fs::path& folder, const json& rel, const std::string& where) {
-    if (!rel.is_string() || rel.get<std::string>().empty() || fs::path(rel.get<std::string>()).is_absolute())
-        throw BundleError(where + ": file name " + dump(rel) + " must be a path relative to the bundle folder");
-    return folder / rel.get<std::string>();
+// runtime/files.py path_parts: a relative POSIX path; '..' only as leading parts where allowed
+std::vector<std::string> path_parts(const json& rel, const std::string& where, bool allow_up) {
+    if (!rel.is_string()) throw BundleError(where + ": file name " + dump(rel) + " must be a relative path inside the bundle folder");
+    const std::string r = rel.get<std::string>();
+    if (r.empty() || r.find('\\') != std::string::npos || r.find('\0') != std::string::npos || r[0] == '/')
+        throw BundleError(where + ": file name " + dump(rel) + " must be a relative path inside the bundle folder, with '/' separators");
+    std::vector<std::string> parts;
+    std::size_t start = 0;
+    for (;;) {
+        std::size_t slash = r.find('/', start);
+        parts.push_back(r.substr(start, slash == std::string::npos ? std::string::npos : slash - start));
+        if (slash == std::string::npos) break;
+        start = slash + 1;
+    }
+    std::size_t ups = 0;
+    for (const auto& p : parts)
+        if (p.empty() || p == ".")
+            throw BundleError(where + ": file name " + dump(rel) + " has an empty or '.' part; write it as a plain relative path");
+    while (ups < parts.size() && parts[ups] == "..") ++ups;
+    bool later_up = false;
+    for (std::size_t k = ups; k < parts.size(); ++k) later_up = later_up || parts[k] == "..";
+    if (later_up || (ups && !allow_up) || ups == parts.size())
+        throw BundleError(where + ": file name " + dump(rel) + " leaves the bundle folder ('..'); every file a manifest "
+                          "names must lie inside the bundle");
+    return parts;
 }
 
-std::map<std::string, std::string> check_files(const fs::path& folder, const json& files, bool verify) {
+// runtime/files.py contained: folder / rel resolved (symlinks followed), inside the folder
+fs::path contained(const fs::path& folder, const json& rel, const std::string& where) {
+    std::vector<std::string> parts = path_parts(rel, where, false);
+    fs::path base = real_path(folder), p = base;
+    for (const auto& part : parts) p /= part;
+    fs::path r = real_path(p);
+    if (!is_inside(r, base) || r == base)
+        throw BundleError(where + ": " + dump(rel) + " resolves to " + r.string() + ", outside " + base.string() +
+                          "; a manifest may name only files inside its bundle (a symlink out of the bundle counts as outside)");
+    return r;
+}
+
+// The files a graph entry uses: its file, a `<file>.data` beside it, its external data.
+std::vector<std::string> graph_files(const json& entry) {
+    std::vector<std::string> out;
+    if (!entry.is_object() || !entry.contains("file") || !entry["file"].is_string()) return out;
+    std::string file = entry["file"];
+    out.push_back(file);
+    out.push_back(file + ".data");
+    if (entry.contains("external_data") && entry["external_data"].is_string()) {
+        std::size_t slash = file.rfind('/');
+        out.push_back((slash == std::string::npos ? std::string() : file.substr(0, slash + 1)) + entry["external_data"].get<std::string>());
+    }
+    return out;
+}
+
+// runtime/bundle.py _sibling_file: the shared text encoder's ../<sibling>/<file>
+fs::path sibling_file(const fs::path& folder, const std::string& rel, const std::string& sha, const std::string& where,
+                      fs::path& sibling_out) {
+    std::vector<std::string> parts = path_parts(json(rel), where, true);
+    if (parts.size() < 3 || parts[0] != ".." || parts[1] == "..")
+        throw BundleError(where + ": \"" + rel + "\" leaves the bundle folder; " + kSiblingRule);
+    fs::path base = real_path(folder), sibling = base.parent_path() / parts[1], real = real_path(sibling);
+    if (real.parent_path() != base.parent_path() || real == base)
+        throw BundleError(where + ": \"" + rel + "\" names " + sibling.string() + ", which resolves to " + real.string() +
+                          ", not a bundle beside " + base.string() + "; " + kSiblingRule);
+    std::string inner = parts[2];
+    for (std::size_t k = 3; k < parts.size(); ++k) inner += "/" + parts[k];
+    json theirs;
+    try {
+        theirs = read_manifest(real);
+    } catch (const BundleError& e) {
+        throw BundleError(where + ": \"" + rel + "\" names the sibling bundle " + real.string() + ", which cannot be read (" +
+                          e.what() + "); " + kSiblingRule);
+    }
+    const json& graphs = theirs["graphs"];
+    std::vector<std::string> own = graphs.is_object() && graphs.contains(kSharedGraph) ? graph_files(graphs[kSharedGraph])
+                                                                                       : std::vector<std::string>{};
+    const json& files = theirs["files"];
+    bool listed = std::find(own.begin(), own.end(), inner) != own.end() && files.is_object() && files.contains(inner) &&
+                  files[inner] == json(sha);
+    if (!listed)
+        throw BundleError(where + ": \"" + rel + "\": the sibling bundle " + real.string() + " does not list \"" + inner +
+                          "\" as its own text encoder with sha256 " + sha.substr(0, 16) + "...; " + kSiblingRule);
+    sibling_out = real;
+    return contained(real, json(inner), (real / "manifest.json").string() + " files");
+}
+
+std::map<std::string, std::string> check_files(const fs::path& folder, const json& manifest, bool verify,
+                                               std::map<std::string, std::string>& paths, std::vector<std::string>& folders) {
     std::string where = (folder / "manifest.json").string();
+    const json& files = manifest["files"];
     if (!files.is_object() || files.empty())
         throw BundleError(where + ": 'files' must map file names to sha256; " + kHint);
+    const json& graphs = manifest["graphs"];
+    std::vector<std::string> shared =
+        graphs.is_object() && graphs.contains(kSharedGraph) ? graph_files(graphs[kSharedGraph]) : std::vector<std::string>{};
+    folders = {real_path(folder).string()};
     std::map<std::string, std::string> out;
     for (const auto& [rel, want] : files.items()) {
-        fs::path p = resolve(folder, json(rel), where + " files");
+        if (!want.is_string()) throw BundleError(where + ": the sha256 of " + rel + " must be a string; " + kHint);
+        out[rel] = want.get<std::string>();
+        fs::path p;
+        if (rel.rfind("../", 0) == 0 && std::find(shared.begin(), shared.end(), rel) != shared.end()) {
+            fs::path sibling;
+            p = sibling_file(folder, rel, out[rel], where + " files", sibling);
+            if (std::find(folders.begin(), folders.end(), sibling.string()) == folders.end()) folders.push_back(sibling.string());
+        } else {
+            p = contained(folder, json(rel), where + " files");
+        }
+        paths[rel] = p.string();
+    }
+    for (const auto& [rel, sha] : out) {
+        fs::path p(paths[rel]);
         std::error_code ec;
         if (!fs::is_regular_file(p, ec))
             throw BundleError("bundle " + folder.string() + " is missing " + rel + " (listed in manifest.json); " + kHint);
-        if (!want.is_string()) throw BundleError(where + ": the sha256 of " + rel + " must be a string; " + kHint);
-        out[rel] = want.get<std::string>();
         if (!verify) continue;
         std::string have = sha256_file(p.string());
-        if (have != out[rel])
+        if (have != sha)
             throw BundleError("bundle " + folder.string() + ": " + rel + " has sha256 " + have.substr(0, 16) +
-                              "..., but manifest.json records " + out[rel].substr(0, 16) +
+                              "..., but manifest.json records " + sha.substr(0, 16) +
                               "...; the file was changed or damaged after export: " + kHint);
     }
     return out;
@@ -123,9 +267,16 @@ Dims read_dims(const json& raw, int format_version, const std::string& where) {
     if (!ok) throw BundleError(where + ": 'dims' must have exactly image_size, latent_channels, factor, patch, "
                                "max_length, text_width, kontext_tokens, width" + std::string(with_depth ? ", depth" : "") +
                                "; has " + dump(raw) + "; " + kHint);
-    for (const auto& [k, v] : raw.items())
-        if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() > (1 << 24))
+    // runtime/bundle.py DIM_LIMITS
+    static const std::map<std::string, long long> limits{{"image_size", 8192}, {"latent_channels", 1024}, {"factor", 64},
+                                                         {"patch", 64}, {"max_length", 4096}, {"text_width", 65536},
+                                                         {"kontext_tokens", 4096}, {"width", 65536}, {"depth", 1024}};
+    for (const auto& [k, v] : raw.items()) {
+        if (!v.is_number_integer() || v.get<long long>() < 0)
             throw BundleError(where + ": 'dims' values must be non-negative integers, got " + dump(raw));
+        if (v.get<long long>() > limits.at(k))
+            throw BundleError(where + ": dims." + k + "=" + dump(v) + " is over the limit of " + std::to_string(limits.at(k)) + "; " + kHint);
+    }
     Dims d;
     d.image_size = raw["image_size"];
     d.latent_channels = raw["latent_channels"];
@@ -194,28 +345,42 @@ SamplerConfig read_sampler(const json& s, const std::string& where) {
     if (s.value("noise", json(kNoise)) != json(kNoise))
         throw BundleError(where + ": sampler.noise " + dump(s["noise"]) + " is not supported; this runtime draws " + kNoise);
     SamplerConfig c;
-    try {
-        auto number = [&](const char* k) -> double {
-            const json& v = s.at(k);
-            if (!v.is_number()) throw BundleError(where + ": sampler." + k + " must be a number, got " + dump(v));
-            return v.get<double>();
-        };
-        c.steps = static_cast<int>(number("steps"));
-        c.text_guidance = number("text_guidance");
-        c.image_guidance = number("image_guidance");
-        const json& thr = s.at("gate_threshold");
-        if (!thr.is_null()) c.gate_threshold = number("gate_threshold");
-        if (s.contains("shift")) c.shift = number("shift");
-        if (s.contains("region_buckets")) {
-            c.region_buckets.clear();
-            for (const auto& b : s["region_buckets"]) c.region_buckets.push_back(b.get<double>());
+    // runtime/bundle.py _number: finite, an integer where asked, within [lo, hi]
+    auto number = [&](const char* k, double lo, double hi, bool integer) -> double {
+        if (!s.contains(k)) throw BundleError(where + ": sampler." + k + " is missing; " + kHint);
+        const json& v = s[k];
+        double d = v.is_number() ? v.get<double>() : NAN;
+        if (!v.is_number() || !std::isfinite(d) || (integer && d != std::floor(d)))
+            throw BundleError(where + ": sampler." + k + "=" + dump(v) + "; must be " + (integer ? "an integer" : "a number") +
+                              " from " + dump(json(lo)) + " to " + dump(json(hi)) + "; " + kHint);
+        if (d < lo || d > hi)
+            throw BundleError(where + ": sampler." + k + "=" + dump(v) + " is outside " + dump(json(lo)) + ".." + dump(json(hi)) + "; " + kHint);
+        return d;
+    };
+    c.steps = static_cast<int>(number("steps", 1, kMaxSteps, true));
+    c.text_guidance = number("text_guidance", kGuidanceMin, kGuidanceMax, false);
+    c.image_guidance = number("image_guidance", kGuidanceMin, kGuidanceMax, false);
+    if (!s.contains("gate_threshold"))
+        throw BundleError(where + ": sampler.gate_threshold is missing (null for the soft gate); " + kHint);
+    if (!s["gate_threshold"].is_null()) c.gate_threshold = number("gate_threshold", 0.0, 1.0, false);
+    if (s.contains("gen_guidance") && !s["gen_guidance"].is_null()) number("gen_guidance", kGuidanceMin, kGuidanceMax, false);
+    if (s.contains("shift")) c.shift = number("shift", kShiftMin, kShiftMax, false);
+    if (s.contains("halo")) c.halo = static_cast<int>(number("halo", 0, kMaxHalo, true));
+    if (s.contains("region_buckets")) {
+        const json& b = s["region_buckets"];
+        bool ok = b.is_array() && !b.empty() && b.size() <= 1024;
+        c.region_buckets.clear();
+        for (std::size_t k = 0; ok && k < b.size(); ++k) {
+            double v = b[k].is_number() ? b[k].get<double>() : NAN;
+            ok = b[k].is_number() && std::isfinite(v) && v > 0 && v <= 1 && (k == 0 || v > c.region_buckets.back());
+            c.region_buckets.push_back(v);
         }
-        if (s.contains("halo")) c.halo = static_cast<int>(number("halo"));
-    } catch (const json::exception& e) {
-        throw BundleError(where + ": sampler settings are incomplete or invalid (" + e.what() + "); " + kHint);
+        if (!ok || c.region_buckets.back() != 1.0)
+            throw BundleError(where + ": sampler.region_buckets=" + dump(b) + "; must be increasing fractions in (0, 1] "
+                              "ending with 1.0; " + kHint);
     }
-    if (c.steps < 1 || c.region_buckets.empty() || c.region_buckets.back() != 1.0 || c.halo < 0 || !(c.shift > 0))
-        throw BundleError(where + ": sampler settings out of range: " + dump(s));
+    if (s.contains("codec") && !s["codec"].is_null() && !s["codec"].is_string())
+        throw BundleError(where + ": sampler.codec=" + dump(s["codec"]) + "; must be a string; " + kHint);
     return c;
 }
 
@@ -347,7 +512,7 @@ Bundle open_bundle(const std::string& path, bool verify) {
     std::string where = (folder / "manifest.json").string();
     Bundle b;
     b.path = path;
-    b.files = check_files(folder, m["files"], verify);
+    b.files = check_files(folder, m, verify, b.paths, b.folders);
     b.dims = read_dims(m["dims"], m["format_version"].get<int>(), where);
 
     const json& raw = m["graphs"];
@@ -377,7 +542,7 @@ Bundle open_bundle(const std::string& path, bool verify) {
         GraphInfo info;
         info.name = name;
         info.file = g["file"];
-        info.path = resolve(folder, g["file"], where).string();
+        info.path = b.paths.at(g["file"].get<std::string>());
         info.inputs = read_tensors(g.value("inputs", json()), where + " graph '" + name + "' inputs");
         info.outputs = read_tensors(g.value("outputs", json()), where + " graph '" + name + "' outputs");
         if (!(info.inputs == spec.inputs))
@@ -390,7 +555,7 @@ Bundle open_bundle(const std::string& path, bool verify) {
         b.graphs[name] = std::move(info);
     }
     if (!b.files.count("tokenizer.json")) throw BundleError(where + ": tokenizer.json is not listed in 'files'; " + kHint);
-    b.tokenizer_path = (folder / "tokenizer.json").string();
+    b.tokenizer_path = b.paths.at("tokenizer.json");
     const json& prec = m["precision"];
     if (prec != json("fp32") && prec != json("int8"))
         throw BundleError(where + ": precision " + dump(prec) + " must be 'fp32' or 'int8'");

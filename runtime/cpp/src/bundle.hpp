@@ -1,6 +1,9 @@
 // Open and validate a bundle (the folder qk-export writes): manifest.json's format and version,
 // every file's sha256, the dims, each graph's tensors against the export contract (the C++ twin
-// of runtime/contract.py's graph_specs), and the sampler settings. Mirrors runtime/bundle.py.
+// of runtime/contract.py's graph_specs), and the sampler settings. Mirrors runtime/bundle.py:
+// the manifest is read under a size and depth limit (4 MiB, 64 levels), every file it names must
+// resolve inside the bundle folder after symlinks (the shared text encoder: inside a sibling
+// bundle that lists it as its own), and its numbers must be finite and within range.
 #pragma once
 
 #include <map>
@@ -89,6 +92,8 @@ struct Bundle {
     Composite composite;
     std::string tokenizer_path;
     std::map<std::string, std::string> files;  // relative name -> sha256
+    std::map<std::string, std::string> paths;  // relative name -> the checked, resolved file
+    std::vector<std::string> folders;          // folders this bundle reads files from (itself, a sibling's)
 
     bool has(const std::string& g) const { return graphs.count(g) != 0; }
     bool has_gateway() const { return has("gateway"); }

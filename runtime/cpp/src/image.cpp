@@ -49,7 +49,12 @@ void on_png_error(png_structp png, png_const_charp msg) {
     png_longjmp(png, 1);
 }
 
-void on_png_warning(png_structp, png_const_charp) {}
+// libpng drops an eXIf chunk it finds invalid with a warning ("eXIf: invalid"); Pillow refuses such an
+// image (a broken EXIF block), so the reader marks it broken for load_png to refuse as well.
+void on_png_warning(png_structp png, png_const_charp msg) {
+    auto* r = static_cast<PngRead*>(png_get_error_ptr(png));
+    if (r && msg && std::strstr(msg, "eXIf")) r->orientation = 0;
+}
 
 std::uint32_t rd16(const unsigned char* p, bool le) { return le ? (p[0] | (p[1] << 8)) : ((p[0] << 8) | p[1]); }
 std::uint32_t rd32(const unsigned char* p, bool le) {
@@ -57,20 +62,21 @@ std::uint32_t rd32(const unsigned char* p, bool le) {
               : ((std::uint32_t(p[0]) << 24) | (std::uint32_t(p[1]) << 16) | (std::uint32_t(p[2]) << 8) | std::uint32_t(p[3]));
 }
 
-// The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 when absent.
+// The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 when absent; 0 when the
+// block is not TIFF-structured at all (Pillow refuses those: inputs.py then refuses the image).
 int exif_orientation(const unsigned char* p, std::size_t n) {
     if (n >= 6 && std::memcmp(p, "Exif\0\0", 6) == 0) {
         p += 6;
         n -= 6;
     }
-    if (n < 8) return 1;
+    if (n < 8) return 0;
     bool le;
     if (p[0] == 'I' && p[1] == 'I')
         le = true;
     else if (p[0] == 'M' && p[1] == 'M')
         le = false;
     else
-        return 1;
+        return 0;
     std::uint32_t ifd = rd32(p + 4, le);
     if (ifd + 2 > n) return 1;
     std::uint32_t count = rd16(p + ifd, le);
@@ -145,7 +151,8 @@ int read_png_file(std::FILE* fp, PngRead* r) {
 #ifdef PNG_eXIf_SUPPORTED
     png_bytep exif = nullptr;
     png_uint_32 exif_len = 0;
-    if (png_get_eXIf_1(png, info, &exif_len, &exif) && exif) r->orientation = exif_orientation(exif, exif_len);
+    if (r->orientation != 0 && png_get_eXIf_1(png, info, &exif_len, &exif) && exif)
+        r->orientation = exif_orientation(exif, exif_len);
 #endif
     png_destroy_read_struct(&png, &info, nullptr);
     return 0;
@@ -333,6 +340,8 @@ Image load_png(const std::string& path) {
                          std::to_string(kMaxPixels) + " (refused as a possible decompression bomb); downscale it first");
     if (rc != 0) throw InputError("image " + path + " is truncated or corrupt: " + r.message);
     if (r.width < 1 || r.height < 1) throw InputError("image " + path + " is empty");
+    if (r.orientation == 0)
+        throw InputError("image " + path + " has a broken EXIF block (not TIFF-structured); re-save the image without EXIF data");
 
     Image img;
     img.width = static_cast<int>(r.width);

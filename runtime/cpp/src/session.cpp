@@ -28,6 +28,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <numeric>
@@ -42,7 +43,8 @@
 
 namespace qk {
 
-bool is_blank_text(const std::string& utf8);  // tokenizer_text.cpp
+bool is_blank_text(const std::string& utf8);  // tokenizer.cpp
+bool has_visible_text(const std::string& utf8);  // tokenizer.cpp
 
 namespace {
 
@@ -363,14 +365,28 @@ struct Session::Impl {
         auto t_total = Clock::now();
         const SamplerConfig& cfg = bundle.sampler;
         // -- validation (the Python order: text, steps, guidance, seed, sparse, image, box)
+        // inputs.py check_text: no NUL, valid UTF-8 (decode_utf8 throws), a visible character
+        if (instruction.find('\0') != std::string::npos)
+            throw InputError("instruction contains a NUL character; send plain text saying what to change, e.g. 'make the red circle blue'");
         if (is_blank_text(instruction))
             throw InputError("instruction is empty; say what to change, e.g. 'make the red circle blue'");
+        if (!has_visible_text(instruction))
+            throw InputError("instruction has no visible character (only spaces, zero-width or control characters); "
+                             "say what to change, e.g. 'make the red circle blue'");
         int steps = o.steps == 0 ? cfg.steps : o.steps;
         if (steps < 1 || steps > kMaxSteps)
             throw InputError("steps=" + std::to_string(o.steps) + "; must be an integer from 1 to " + std::to_string(kMaxSteps));
         double s_txt_d = o.text_guidance.value_or(cfg.text_guidance), s_img_d = o.image_guidance.value_or(cfg.image_guidance);
-        if (!std::isfinite(s_txt_d)) throw InputError("text_guidance=" + std::to_string(s_txt_d) + "; must be a finite number");
-        if (!std::isfinite(s_img_d)) throw InputError("image_guidance=" + std::to_string(s_img_d) + "; must be a finite number");
+        // bundle.py GUIDANCE_RANGE
+        auto g_str = [](double v) {
+            char buf[32];
+            std::snprintf(buf, sizeof buf, "%g", v);
+            return std::string(buf);
+        };
+        if (!std::isfinite(s_txt_d) || s_txt_d < 0.0 || s_txt_d > 100.0)
+            throw InputError("text_guidance=" + g_str(s_txt_d) + "; must be a finite number from 0 to 100");
+        if (!std::isfinite(s_img_d) || s_img_d < 0.0 || s_img_d > 100.0)
+            throw InputError("image_guidance=" + g_str(s_img_d) + "; must be a finite number from 0 to 100");
         const float s_txt = static_cast<float>(s_txt_d), s_img = static_cast<float>(s_img_d);  // numpy: float32 arithmetic
         bool sparse_region = o.sparse == Sparse::Region || (o.sparse == Sparse::Auto && bundle.has_region());
         if (o.sparse == Sparse::Region && !bundle.has_region())
@@ -600,6 +616,7 @@ BundleSummary Session::bundle() const {
     s.max_length = b.dims.max_length;
     s.default_steps = b.sampler.steps;
     s.has_region = b.has_region();
+    s.folders = b.folders;
     return s;
 }
 

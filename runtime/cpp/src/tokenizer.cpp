@@ -518,4 +518,19 @@ bool is_blank_text(const std::string& utf8) {
     return true;
 }
 
+// inputs.py check_text: a character outside the control, format, surrogate, private-use,
+// unassigned and separator categories (zero-width characters are format characters)
+bool has_visible_text(const std::string& utf8) {
+    for (char32_t c : decode_utf8(utf8)) {
+        switch (u_charType(static_cast<UChar32>(c))) {
+            case U_CONTROL_CHAR: case U_FORMAT_CHAR: case U_SURROGATE: case U_PRIVATE_USE_CHAR: case U_UNASSIGNED:
+            case U_SPACE_SEPARATOR: case U_LINE_SEPARATOR: case U_PARAGRAPH_SEPARATOR:
+                continue;
+            default:
+                return true;
+        }
+    }
+    return false;
+}
+
 }  // namespace qk

@@ -4,9 +4,12 @@
 //               [--box x0,y0,x1,y1] --out out.png [--seed S] [--steps N]
 //               [--text-guidance G] [--image-guidance G] [--sparse auto|none|region]
 //               [--threads N] [--backend ort-cpu|tensorrt] [--engine-dir DIR] [--no-verify]
-//               [--json timings.json]
+//               [--json timings.json] [--overwrite-input]
 //
 // Errors print one line and exit with status 2; warnings (a truncated instruction) one line each.
+// Outputs are checked before the edit (as qk-edit's): neither --out nor --json may lie inside a
+// folder the bundle reads, --json may not be --image or --out, and --out may be --image only with
+// --overwrite-input.
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -29,7 +32,7 @@ const char* kUsage =
     "usage: qk_edit_cpp --bundle DIR --image IN.png --instruction TEXT [--box x0,y0,x1,y1] --out OUT.png\n"
     "                   [--seed S] [--steps N] [--text-guidance G] [--image-guidance G]\n"
     "                   [--sparse auto|none|region] [--threads N] [--backend ort-cpu|tensorrt]\n"
-    "                   [--engine-dir DIR] [--no-verify] [--json TIMINGS.json]\n";
+    "                   [--engine-dir DIR] [--no-verify] [--json TIMINGS.json] [--overwrite-input]\n";
 
 long long parse_int(const std::string& flag, const std::string& text) {
     std::string t = text;
@@ -106,11 +109,51 @@ void write_json(const std::string& path, const qk::EditResult& r) {
     if (std::rename(tmp.c_str(), path.c_str()) != 0) throw qk::InputError("cannot write " + path);
 }
 
+namespace fs = std::filesystem;
+
+fs::path real_path(const std::string& p) {
+    std::error_code ec;
+    fs::path r = fs::weakly_canonical(fs::absolute(p, ec), ec);
+    return ec ? fs::absolute(p).lexically_normal() : r;
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+    std::error_code ec;
+    return real_path(a) == real_path(b) || fs::equivalent(a, b, ec);
+}
+
+bool inside(const fs::path& p, const fs::path& folder) {
+    auto it = p.begin();
+    for (const auto& part : folder) {
+        if (part.empty()) continue;
+        if (it == p.end() || *it != part) return false;
+        ++it;
+    }
+    return true;
+}
+
+// runtime/files.py check_output: an output is not an input, nor a file inside the bundle's folders
+void check_outputs(const std::string& out, const std::string& json_path, const std::string& image,
+                   const std::vector<std::string>& folders, bool overwrite_input) {
+    if (same_file(out, image) && !overwrite_input)
+        throw qk::InputError("--out " + out + " is the --image file: the edit would replace your image; choose another --out, "
+                             "or pass --overwrite-input to replace it on purpose");
+    if (!json_path.empty() && (same_file(json_path, image) || same_file(json_path, out)))
+        throw qk::InputError("--json " + json_path + " is the same file as --image or --out; give the timings their own file");
+    for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--out", out}, {"--json", json_path}}) {
+        if (path.empty()) continue;
+        for (const auto& f : folders)
+            if (inside(real_path(path), fs::path(f)))
+                throw qk::InputError(flag + " " + path + " lies inside the bundle folder " + f + ", which this command reads; "
+                                     "writing there would change it: choose a " + flag + " outside it");
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::string bundle, image, instruction, out, json_path;
-    bool have_instruction = false;
+    bool have_instruction = false, overwrite_input = false;
     std::optional<qk::Box> box;
     qk::EditOptions opt;
     qk::SessionOptions so;
@@ -123,6 +166,10 @@ int main(int argc, char** argv) {
             }
             if (a == "--no-verify") {
                 so.verify = false;
+                continue;
+            }
+            if (a == "--overwrite-input") {
+                overwrite_input = true;
                 continue;
             }
             static const std::set<std::string> kValued = {
@@ -170,6 +217,7 @@ int main(int argc, char** argv) {
             throw qk::InputError(std::string("--bundle, --image, --instruction and --out are required\n") + kUsage);
 
         qk::Session session(bundle, so);
+        check_outputs(out, json_path, image, session.bundle().folders, overwrite_input);
         qk::Image in = qk::load_png(image);
         qk::EditResult r = session.edit(in, instruction, box, opt);
         for (const auto& w : r.warnings) std::cerr << "warning: " << w << "\n";

@@ -119,6 +119,7 @@ struct BundleSummary {
     int max_length = 0;
     int default_steps = 0;
     bool has_region = false;
+    std::vector<std::string> folders;  // every folder the bundle reads files from (itself; a sibling sharing its text encoder)
 };
 
 class Session {
