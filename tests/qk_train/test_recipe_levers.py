@@ -5,14 +5,7 @@ from safetensors.torch import load_file
 
 from qk_train.config import ConfigError
 from qk_train.optim import MuonAdamW, is_hidden_matrix
-from qk_train.train import Trainer, make_batch, resolve_config
-
-
-def _fixed_loss(model, cfg):
-    batch = make_batch(cfg, "main", 10_000, 0, 1, size=32)
-    with torch.no_grad():
-        loss, _ = model.loss(batch, torch.Generator().manual_seed(123))
-    return float(loss)
+from qk_train.train import Trainer, resolve_config
 
 
 def test_muon_updates_block_matrices_and_adamw_the_rest(tmp_path):
@@ -29,12 +22,12 @@ def test_muon_updates_block_matrices_and_adamw_the_rest(tmp_path):
     assert not any(n.startswith("decoder.final") or n.endswith("x_embed.weight") for n, p in named.items() if id(p) in in_muon)
 
 
-def test_muon_trains_and_resumes_bit_equal(tmp_path):
+def test_muon_trains_and_resumes_bit_equal(tmp_path, fixed_loss):
     cfg = resolve_config("tiny", ["train.optimizer=muon", "train.steps=60", "train.lr=3e-3", "train.checkpoint_every=20"], None)
     trainer = Trainer(cfg, tmp_path / "straight", progress=False)
-    before = _fixed_loss(trainer.model.eval(), cfg)
+    before = fixed_loss(trainer.model.eval(), cfg)
     trainer.run()
-    assert _fixed_loss(trainer.model.eval(), cfg) < 0.8 * before
+    assert fixed_loss(trainer.model.eval(), cfg) < 0.8 * before
     Trainer(cfg, tmp_path / "stopped", progress=False, max_steps=30).run()
     Trainer(cfg, tmp_path / "stopped", progress=False).run()
     a = load_file(str(tmp_path / "straight" / "final" / "model.safetensors"))

@@ -13,22 +13,15 @@ from qk_train.config import ConfigError, load_preset
 from qk_train.models import QKModel
 from qk_train.pipeline import Pipeline
 from qk_train.data.shapeworld import make_edit
-from qk_train.train import Trainer, make_batch, main, resolve_config
+from qk_train.train import Trainer, main, resolve_config
 
 
-def _fixed_loss(model, cfg):
-    batch = make_batch(cfg, "main", 10_000, 0, 1, size=32)
-    with torch.no_grad():
-        loss, _ = model.loss(batch, torch.Generator().manual_seed(123))
-    return float(loss)
-
-
-def test_tiny_loss_falls(tmp_path):
+def test_tiny_loss_falls(tmp_path, fixed_loss):
     cfg = resolve_config("tiny", ["train.steps=60", "train.lr=3e-3"], None)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    before = _fixed_loss(trainer.model.eval(), cfg)
+    before = fixed_loss(trainer.model.eval(), cfg)
     trainer.run()
-    after = _fixed_loss(trainer.model.eval(), cfg)
+    after = fixed_loss(trainer.model.eval(), cfg)
     assert after < 0.8 * before, (before, after)
     lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 60 and lines[-1]["img_s"] > 0
