@@ -5,7 +5,7 @@
 
 Runs the bundles' `decoder.onnx` and `decoder_region.onnx` at the guidance batch (3) on the
 same random inputs, interleaved round-robin so that a noisy, shared machine slows every
-configuration alike, and reports medians and ratios: INT8 over FP32 (issue #3: >= 1.7x on the
+configuration alike, and reports medians and ratios: INT8 over FP32 (target >= 1.7x on the
 default CPU backend) and region over dense for an edit whose gate covers a quarter of the
 image (>= 2.5x). The region decoder gets the token indices the runtime would pass
 (`qk_runtime.session.active_token_indices`: the gate's tokens, a one-token halo, rounded up

@@ -1,4 +1,4 @@
-"""qk-study: test the Query-Kontext study's claims with ablations trained on one budget (issue #7).
+"""qk-study: test the Query-Kontext study's claims with ablations trained on one budget.
 
     qk-study --preset small --steps 2000 --seeds 0,1 --out runs/study                # the study (many hours on 2 cores)
     qk-study --preset small --steps 2000 --seeds 0,1 --plan --measure 3              # arms, sizes, wall-time estimate
@@ -786,7 +786,7 @@ def run_study(opts: Options) -> dict:
     reasons = smoke_reasons(opts, base)
     timings = _timings(opts.out)
     study = {
-        "title": "Query-Kontext study: ablations on ShapeWorld (issue #7)",
+        "title": "Query-Kontext study: ablations on ShapeWorld",
         "smoke": bool(reasons), "smoke_reasons": reasons, "warning": SMOKE_WARNING if reasons else None,
         "command": opts.command, "preset": opts.preset, "set": list(opts.sets), "steps": base.train.steps, "seeds": list(opts.seeds),
         "eval": {"split": "test", "n": opts.n, "gen_n": opts.gen_n, "sample_steps": opts.sample_steps,

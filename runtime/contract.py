@@ -39,7 +39,7 @@ MAX_BATCH = 3
 
 # Token counts the region decoder runs at, as fractions of all tokens (rounded half to even): an
 # edit's active tokens plus their halo are padded to the smallest that holds them, so that engines
-# with static shapes see a few sizes only. Eighths since session 7: on 150 val edits of the shipped
+# with static shapes see a few sizes only. Eighths, measured on 2026-11-28: on 150 val edits of the shipped
 # model (64 tokens) the mean count fell from 32.9 (quarters) to 29.7 and the INT8 region edit's
 # denoising loop got 3 % faster (paired median; medians 178 -> 169 ms), success within noise
 # (500 val edits: 0.612 vs 0.618). benchmarks/results/cpu-2core/region_buckets.md

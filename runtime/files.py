@@ -56,8 +56,9 @@ def parse_json(data: bytes, where: str, error=ValueError, hint: str = "", *, max
         raise error(f"{where} is nested too deeply to be read (more than {max_depth} levels){tail}") from None
     except ValueError as exc:  # JSONDecodeError
         raise error(f"{where} is not valid JSON ({exc}){tail}") from None
-    if json_depth(value) > max_depth:
-        raise error(f"{where} is nested {json_depth(value)} levels deep, over the limit of {max_depth}{tail}")
+    depth = json_depth(value)
+    if depth > max_depth:
+        raise error(f"{where} is nested {depth} levels deep, over the limit of {max_depth}{tail}")
     return value
 
 

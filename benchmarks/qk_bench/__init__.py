@@ -1,5 +1,5 @@
 """qk-bench: latency per stage and quality per precision of the unified model, against the torch
-reference, with the machine's measured limit beside them (issue #6).
+reference, with the machine's measured limit beside them.
 
 Modules (each importable without torch, so the GPU script and the runtime-side workers stay light):
 

@@ -1,5 +1,5 @@
-"""From the workers' results to the report: one row per configuration and region size, the targets
-of issue #6, the unified model's cost, and `bench.json`, `bench.md`, `bench.png`, `scaling.json`,
+"""From the workers' results to the report: one row per configuration and region size, the speed
+targets, the unified model's cost, and `bench.json`, `bench.md`, `bench.png`, `scaling.json`,
 `scaling.png`.
 
 Definitions used throughout:
@@ -193,7 +193,7 @@ def targets(rows: list[dict], results: list[dict], default_backend: dict, paired
         add("best_vs_peer", "best configuration vs the strongest plain peer (OpenVINO INT8 dense, plain loop)",
             peer["edit_ms_median"] / best["edit_ms_median"],
             f"{best['name']} {best['edit_ms_median']:.0f} ms vs {peer['name']} {peer['edit_ms_median']:.0f} ms")
-    # issue #4's wording: the default INT8 bundle with its best sparse mode, whichever CPU backend runs it fastest
+    # the target's wording: the default INT8 bundle with its best sparse mode, whichever CPU backend runs it fastest
     int8 = [r for r in candidates if r["precision"] == "int8" and not r.get("peer")]
     best_int8 = min(int8, key=lambda r: r["edit_ms_median"]) if int8 else None
     if best_int8 and torch_row:

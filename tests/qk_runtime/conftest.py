@@ -41,6 +41,12 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="session")
+def torch_one_thread():
+    """`one_torch_thread` for test modules: `with torch_one_thread(): ...`."""
+    return one_torch_thread
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     _need_export()
     from qk_train.train import Trainer, resolve_config

@@ -1,6 +1,5 @@
 """Compositing an edit with its source (runtime/composite.py, the manifest's `composite`): the rule
 on hand-made images, the manifest entry, and the same result in torch and the Python runtime."""
-import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -18,19 +17,6 @@ from qk_runtime.session import to_uint8
 FP32_TOL = 2  # uint8 levels, as tests/qk_runtime/test_session.py
 INSTRUCTION = "make the red square blue"
 BOX = (4, 6, 20, 18)
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """The tiny model on one torch thread (conftest.py says why); the setting is restored after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _edit_manifest(folder, change):
@@ -172,13 +158,14 @@ def _gate_only_copy(bundle: Path, folder: Path) -> Path:
     return copy
 
 
-def test_a_bundle_without_the_entry_composites_by_the_gate_alone(fp32_bundle, tmp_path, reference_pipeline, source_image):
+def test_a_bundle_without_the_entry_composites_by_the_gate_alone(fp32_bundle, tmp_path, reference_pipeline, source_image,
+                                                                  torch_one_thread):
     from qk_train.pipeline import Pipeline
 
     old = _gate_only_copy(fp32_bundle, tmp_path / "gate")
     gate_entry = Path(shutil.copytree(fp32_bundle, tmp_path / "gate-entry"))
     _edit_manifest(gate_entry, lambda m: m.update(composite={"kind": "gate"}))
-    with one_torch_thread():
+    with torch_one_thread():
         ref = Pipeline(reference_pipeline.pipeline.model, composite="gate").edit(source_image, INSTRUCTION, BOX, seed=3)
     with EditSession(old, "ort-cpu", threads=1) as s, EditSession(gate_entry, "ort-cpu", threads=1) as e:
         calls = []
@@ -211,14 +198,15 @@ def _partial_thresholds(out, gate_threshold: float, widen: int) -> tuple[float, 
 
 
 @pytest.mark.parametrize("sparse, bundle_name", [("none", "fp32_bundle"), ("region", "region_bundle")])
-def test_changed_compositing_matches_torch(request, tmp_path, reference_pipeline, source_image, sparse, bundle_name):
+def test_changed_compositing_matches_torch(request, tmp_path, reference_pipeline, source_image, sparse, bundle_name,
+                                            torch_one_thread):
     """Compositing on, with thresholds that give partial weights: the runtime equals the torch
     reference, keeps source pixels inside the gate and differs from the gate alone."""
     from qk_train.pipeline import Pipeline
 
     bundle = request.getfixturevalue(bundle_name)
     model = reference_pipeline.pipeline.model
-    with one_torch_thread():
+    with torch_one_thread():
         probe = Pipeline(model).edit(source_image, INSTRUCTION, BOX, seed=4, sparse=sparse)
         lo, hi = _partial_thresholds(probe, reference_pipeline.pipeline.gate_threshold, widen=1)
         ref = Pipeline(model, change_lo=lo, change_hi=hi, change_widen=1).edit(source_image, INSTRUCTION, BOX, seed=4,
