@@ -168,24 +168,39 @@ def text_tokens_dynamic(bundle: Bundle, tokenizer: Tokenizer) -> bool:
 class EditSession:
     """A bundle opened on one backend. See the module doc for the algorithm and thread safety."""
 
-    def __init__(self, bundle_dir: str | Path | None = None, backend: str = "auto", threads: int | None = None,
-                 *, verify: bool = True, **backend_options):
-        threads = check_threads(threads)
-        self.bundle: Bundle = open_bundle(bundle_dir if bundle_dir is not None else default_bundle_dir(), verify=verify)
-        self.tokenizer = self._load_tokenizer()
-        choice = choose(backend, self.bundle)
-        self.backend_name = choice.name
-        self.backend_reason = choice.reason
-        log.info("qk_runtime: backend %s (%s)", choice.name, choice.reason)
-        if backend_options.get("spinning") and not choice.name.startswith("ort-"):
-            warnings.warn(f"spinning applies to ONNX Runtime backends (ort-*); {choice.name} keeps its own thread policy "
-                          f"(ask for --backend ort-cpu to spin)", stacklevel=2)
-            backend_options = {k: v for k, v in backend_options.items() if k != "spinning"}
+    def __init__(self, bundle_dir: str | Path | None = None, backend: str | Backend = "auto", threads: int | None = None,
+                 *, verify: bool = True, reason: str | None = None, **backend_options):
+        """Open `bundle_dir` (default: the shipped bundle) on `backend`: a name (`auto` picks one and
+        says why) or a ready `Backend` instance, whose own bundle is then the session's and which
+        the session activates if it is not active yet (`bundle_dir`, `threads` and options unused)."""
         t0 = time.perf_counter()
-        self.backend: Backend = make_backend(choice.name, self.bundle, threads=threads, **backend_options)
-        # load now what an edit with the default settings runs; the other decoder loads on first use
-        skip = "decoder" if self.bundle.has_region else "decoder_region"
-        self.backend.activate([g for g in self.bundle.graphs if g != skip])
+        if isinstance(backend, Backend):
+            if bundle_dir is not None or backend_options:
+                raise TypeError("EditSession(backend=<a Backend>) takes the bundle and options of that backend: "
+                                "pass neither bundle_dir nor backend options")
+            self.bundle: Bundle = backend.bundle
+            self.tokenizer = self._load_tokenizer()
+            self.backend_name = backend.name
+            self.backend_reason = reason or f"the {backend.name} backend given to the session"
+            self.backend: Backend = backend
+        else:
+            threads = check_threads(threads)
+            self.bundle = open_bundle(bundle_dir if bundle_dir is not None else default_bundle_dir(), verify=verify)
+            self.tokenizer = self._load_tokenizer()
+            choice = choose(backend, self.bundle)
+            self.backend_name = choice.name
+            self.backend_reason = reason or choice.reason
+            log.info("qk_runtime: backend %s (%s)", choice.name, choice.reason)
+            if backend_options.get("spinning") and not choice.name.startswith("ort-"):
+                warnings.warn(f"spinning applies to ONNX Runtime backends (ort-*); {choice.name} keeps its own thread policy "
+                              f"(ask for --backend ort-cpu to spin)", stacklevel=2)
+                backend_options = {k: v for k, v in backend_options.items() if k != "spinning"}
+            t0 = time.perf_counter()
+            self.backend = make_backend(choice.name, self.bundle, threads=threads, **backend_options)
+        if not self.backend.is_active:
+            # load now what an edit with the default settings runs; the other decoder loads on first use
+            skip = "decoder" if self.bundle.has_region else "decoder_region"
+            self.backend.activate([g for g in self.bundle.graphs if g != skip])
         self.open_ms = _ms(t0)  # backend start and graph loading
         self._lock = threading.Lock()
         self._empty_text: tuple[np.ndarray, np.ndarray] | None = None

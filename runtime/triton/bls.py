@@ -20,8 +20,6 @@ The request tensors (names, Triton types, dims, which are optional) are defined 
 from __future__ import annotations
 
 import json
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +29,7 @@ from ..backend import Backend
 from ..bundle import Bundle, open_bundle
 from ..contract import MANIFEST, Dims
 from ..errors import BundleError, InputError, QKRuntimeError
-from ..sampler import FlowMatchEulerScheduler
-from ..session import EditSession, text_tokens_dynamic
+from ..session import EditSession
 
 REPO_FORMAT = "qk-triton"
 REPO_FORMAT_VERSION = 1
@@ -235,24 +232,11 @@ class CallableBackend(Backend):
 
 class RepoSession(EditSession):
     """`EditSession` over the models of a Triton repository: `edit` and `generate` are the runtime's
-    own, every graph runs through `infer(model_name, inputs)`.
-
-    `EditSession.__init__` opens a backend by name, so this sets up the same state itself from a
-    given backend (tests/qk_runtime/test_triton_bls.py checks the two stay in step)."""
+    own, every graph runs through `infer(model_name, inputs)` (a `CallableBackend`)."""
 
     def __init__(self, repo: RepoModels, infer):
-        t0 = time.perf_counter()
-        self.bundle = repo.bundle
-        self.tokenizer = self._load_tokenizer()
-        self.backend = CallableBackend(repo, infer)
-        self.backend.activate()
-        self.backend_name = self.backend.name
-        self.backend_reason = "every graph is a model of the Triton repository, called through infer()"
-        self.open_ms = (time.perf_counter() - t0) * 1000.0
-        self._lock = threading.Lock()
-        self._empty_text = None
-        self._text_tokens_dynamic = text_tokens_dynamic(self.bundle, self.tokenizer)
-        self._scheduler = FlowMatchEulerScheduler(shift=self.bundle.sampler.shift)
+        super().__init__(backend=CallableBackend(repo, infer),
+                         reason="every graph is a model of the Triton repository, called through infer()")
 
 
 # --------------------------------------------------------------------------- infer() inside Triton

@@ -132,6 +132,21 @@ def test_reused_session_equals_fresh_session(fp32_bundle, source_image):
     assert np.array_equal(again.gate, first.gate)
 
 
+def test_a_session_runs_on_a_backend_it_is_given(fp32_bundle, ort_session, source_image):
+    from qk_runtime.backend import make_backend
+    from qk_runtime.bundle import open_bundle
+
+    backend = make_backend("ort-cpu", open_bundle(fp32_bundle), threads=1)
+    with EditSession(backend=backend, reason="made by the caller") as given:
+        assert given.backend is backend and backend.is_active
+        assert (given.backend_name, given.backend_reason) == ("ort-cpu", "made by the caller")
+        out = given.edit(source_image, INSTRUCTION, BOX, seed=7, steps=5)
+    assert not backend.is_active  # closing the session deactivates it
+    assert np.array_equal(out.image, ort_session.edit(source_image, INSTRUCTION, BOX, seed=7, steps=5).image)
+    with pytest.raises(TypeError, match="bundle and options of that backend"):
+        EditSession(fp32_bundle, backend=make_backend("ort-cpu", open_bundle(fp32_bundle), threads=1))
+
+
 def test_concurrent_calls_are_serialised(ort_session, source_image):
     expected = [ort_session.edit(source_image, INSTRUCTION, BOX, seed=s, steps=4).image for s in range(3)]
     got = [None] * 3

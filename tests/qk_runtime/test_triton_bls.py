@@ -158,11 +158,11 @@ def test_shipped_int8_bundle_edit_is_bit_equal(tmp_path):
     assert np.array_equal(out["edited"], ref.image)
 
 
-def test_repo_session_sets_up_what_edit_session_does(fp32_repo, reference):
-    """RepoSession builds EditSession's state itself (EditSession.__init__ opens a backend by name);
-    if EditSession gains state, this fails and RepoSession must follow."""
+def test_repo_session_is_an_edit_session_on_the_repository(fp32_repo, reference):
+    """RepoSession is EditSession given a ready backend: the same state, the repository's backend."""
     session, _ = _session(fp32_repo)
     assert set(vars(session)) == set(vars(reference))
+    assert session.backend_name == "triton-bls" and session.backend.is_active
 
 
 # --------------------------------------------------------------------------- requests the runtime refuses
