@@ -7,7 +7,9 @@ Every backend runs the bundle's graphs by name with numpy feeds and returns nump
 
 like Polygraphy's runners (activate / infer / deactivate, usable as a context manager), so
 parity between backends is one loop. `activate(graphs)` loads the graphs named (all by default)
-so that their load time is paid there; a graph not loaded at activation loads on first use. Backends, one small class per module, imported lazily:
+so that their load time is paid there; a graph not loaded at activation loads on first use. Backends,
+one small class per module, are listed in `REGISTRY` (name -> module, class, what it needs and
+the pip command that provides it) and imported on first use:
 
 | name     | module             | runs on                                         |
 |----------|--------------------|-------------------------------------------------|
@@ -23,6 +25,7 @@ error naming what is missing and the pip command, never a silent fallback.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 from dataclasses import dataclass
@@ -38,6 +41,38 @@ log = logging.getLogger("qk_runtime")
 BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "ov-cpu", "tensorrt")
 ALIASES = {"ort": "ort-cpu", "onnxruntime": "ort-cpu", "openvino": "ov-cpu", "trt": "tensorrt"}
 CHOICES = ("auto",) + BACKENDS + tuple(ALIASES)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend: where its class lives (imported on first use) and what it needs installed."""
+
+    module: str  # this package's module holding the class
+    cls: str
+    needs: str  # the Python module that must be importable
+    label: str  # its name for people
+    install: str  # the fix when it is not
+    provider: str | None = None  # ONNX Runtime's execution provider, for the ort-* backends
+    options: tuple[tuple[str, str], ...] = ()  # fixed constructor arguments
+    takes_threads: bool = True
+    spins: bool = False  # takes `spinning` (ONNX Runtime's intra-op spin-wait)
+
+
+_ORT_GPU_FIX = "pip uninstall onnxruntime && pip install onnxruntime-gpu (on a machine with an NVIDIA GPU and CUDA 12)"
+REGISTRY: dict[str, BackendSpec] = {
+    "ort-cpu": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", "pip install onnxruntime",
+                           provider="CPUExecutionProvider", options=(("provider", "cpu"),), spins=True),
+    "ort-cuda": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", "pip install onnxruntime",
+                            provider="CUDAExecutionProvider", options=(("provider", "cuda"),), spins=True),
+    "ort-trt": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", "pip install onnxruntime",
+                           provider="TensorrtExecutionProvider", options=(("provider", "trt"),), spins=True),
+    "ov-cpu": BackendSpec("backend_openvino", "OpenVinoBackend", "openvino", "OpenVINO",
+                          "pip install 'query-kontext[openvino]' (or pip install openvino)"),
+    "tensorrt": BackendSpec("backend_tensorrt", "TensorRTBackend", "tensorrt", "TensorRT",
+                            "pip install 'query-kontext[trt]' on a machine with an NVIDIA GPU, then build engines with qk-build",
+                            takes_threads=False),
+}
+assert tuple(REGISTRY) == BACKENDS
 
 
 def _first_line(exc: BaseException) -> str:
@@ -187,25 +222,16 @@ def cpu_has_int8_dot(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 def availability(name: str, bundle: Bundle) -> None:
     """Raise BackendUnavailable, naming what is missing and the fix, if `name` cannot run here."""
-    if name in ("ort-cpu", "ort-cuda", "ort-trt"):
-        if not _installed("onnxruntime"):
-            raise BackendUnavailable(f"backend {name} needs ONNX Runtime: pip install onnxruntime")
-        ep = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider", "ort-trt": "TensorrtExecutionProvider"}[name]
+    spec = REGISTRY[name]
+    if not _installed(spec.needs):
+        raise BackendUnavailable(f"backend {name} needs {spec.label}, which is not installed: {spec.install}")
+    if spec.provider is not None:
         providers = _ort_providers()
-        if ep not in providers:
-            fix = "pip uninstall onnxruntime && pip install onnxruntime-gpu (on a machine with an NVIDIA GPU and CUDA 12)"
-            if name == "ort-trt":
-                fix += ", plus the TensorRT libraries"
-            raise BackendUnavailable(f"backend {name} needs ONNX Runtime's {ep}, but this onnxruntime offers only {providers}; {fix}")
-    elif name == "ov-cpu":
-        if not _installed("openvino"):
-            raise BackendUnavailable("backend ov-cpu needs OpenVINO, which is not installed: pip install 'query-kontext[openvino]' (or pip install openvino)")
-    elif name == "tensorrt":
-        if not _installed("tensorrt"):
-            raise BackendUnavailable(
-                "backend tensorrt needs TensorRT, which is not installed: pip install 'query-kontext[trt]' "
-                "on a machine with an NVIDIA GPU, then build engines with qk-build"
-            )
+        if spec.provider not in providers:
+            fix = _ORT_GPU_FIX + (", plus the TensorRT libraries" if name == "ort-trt" else "")
+            raise BackendUnavailable(f"backend {name} needs ONNX Runtime's {spec.provider}, but this onnxruntime offers "
+                                     f"only {providers}; {fix}")
+    if name == "tensorrt":
         from .backend_tensorrt import engines_ready
 
         ready, why = engines_ready(bundle)
@@ -219,14 +245,8 @@ def make_backend(name: str, bundle: Bundle, *, threads: int | None = None, **opt
     if name == "auto":
         raise ValueError("resolve 'auto' with choose() first")
     availability(name, bundle)
-    if name.startswith("ort-"):
-        from .backend_ort import OrtBackend
-
-        return OrtBackend(bundle, provider=name[4:], threads=threads, **options)
-    if name == "ov-cpu":
-        from .backend_openvino import OpenVinoBackend
-
-        return OpenVinoBackend(bundle, threads=threads, **options)
-    from .backend_tensorrt import TensorRTBackend
-
-    return TensorRTBackend(bundle, **options)
+    spec = REGISTRY[name]
+    cls = getattr(importlib.import_module(f".{spec.module}", __package__), spec.cls)
+    if spec.takes_threads:
+        options["threads"] = threads
+    return cls(bundle, **dict(spec.options), **options)

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from .backend import Backend, choose, make_backend
+from .backend import REGISTRY, Backend, choose, make_backend
 from .bundle import GUIDANCE_RANGE, MAX_STEPS, Bundle, open_bundle
 from .composite import composite
 from .contract import REGION_BUCKETS, STEP_CONDITION
@@ -191,7 +191,7 @@ class EditSession:
             self.backend_name = choice.name
             self.backend_reason = reason or choice.reason
             log.info("qk_runtime: backend %s (%s)", choice.name, choice.reason)
-            if backend_options.get("spinning") and not choice.name.startswith("ort-"):
+            if backend_options.get("spinning") and not REGISTRY[choice.name].spins:
                 warnings.warn(f"spinning applies to ONNX Runtime backends (ort-*); {choice.name} keeps its own thread policy "
                               f"(ask for --backend ort-cpu to spin)", stacklevel=2)
                 backend_options = {k: v for k, v in backend_options.items() if k != "spinning"}

@@ -50,6 +50,12 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def _spins(backend: str) -> bool:
+    from qk_runtime.backend import REGISTRY, canonical
+
+    return REGISTRY[canonical(backend)].spins
+
+
 def make_engine(c: BenchConfig, spec: dict):
     from . import engines
 
@@ -59,7 +65,7 @@ def make_engine(c: BenchConfig, spec: dict):
     if c.engine == "runtime":
         return engines.RuntimeEngine(Path(spec["bundle"]), backend=c.backend, threads=threads, steps=steps,
                                      sparse=c.session_sparse, precision_hint="bf16" if c.precision == "bf16" else None,
-                                     spinning=bool(spec.get("spin")) and c.backend.startswith("ort-"))
+                                     spinning=bool(spec.get("spin")) and _spins(c.backend))
     if c.engine == "peer":
         return engines.PeerEngine(Path(spec["bundle"]), threads=threads, steps=steps)
     raise ValueError(f"engine {c.engine!r} is not measured by the CPU worker")
@@ -72,11 +78,13 @@ def _import_engine_modules(c: BenchConfig) -> None:
 
         import qk_train.pipeline  # noqa: F401
     else:
+        import importlib
+
         import qk_runtime  # noqa: F401
-        if c.backend == "ort-cpu":
-            import onnxruntime  # noqa: F401
-        else:
-            import openvino  # noqa: F401
+        from qk_runtime.backend import REGISTRY
+
+        # the peer runs the bundle on plain OpenVINO; the runtime's backends say what they need
+        importlib.import_module("openvino" if c.engine == "peer" else REGISTRY[c.backend].needs)
 
 
 def _stage_stats(outcomes) -> dict:
@@ -206,7 +214,7 @@ def run_paired(spec: dict) -> dict:
     entries, calls = [], []
     for e in spec["entries"]:
         bundle = open_bundle(e["bundle"], verify=False)
-        spin = {"spinning": True} if spec.get("spin") and e["backend"].startswith("ort-") else {}
+        spin = {"spinning": True} if spec.get("spin") and _spins(e["backend"]) else {}
         backend = make_backend(e["backend"], bundle, threads=int(spec["threads"]), **spin)
         backend.activate([e["graph"]])
         feeds = graph_feeds(bundle.graphs[e["graph"]].inputs, int(e.get("batch") or spec.get("batch", 3)), e.get("active"))

@@ -1,5 +1,6 @@
 """The backend interface, choosing a backend, and refusing unavailable ones (never a fallback)."""
 import importlib.util
+import re
 
 import numpy as np
 import pytest
@@ -135,3 +136,19 @@ def test_tensorrt_backend_refuses_missing_engines(fp32_bundle, tmp_path):  # pra
 
     with pytest.raises(BackendUnavailable, match="qk-build --bundle"):
         TensorRTBackend(open_bundle(fp32_bundle), engine_dir=tmp_path / "none").activate()
+
+
+def test_every_registered_backend_names_a_backend_class_and_its_fix(fp32_bundle, monkeypatch):
+    """The registry is what make_backend and availability read: each entry's class exists (its
+    module imports without the library it drives) and a missing library is named with the fix."""
+    import importlib
+
+    from qk_runtime import backend as backend_module
+    from qk_runtime.backend import REGISTRY, Backend, availability
+
+    monkeypatch.setattr(backend_module, "_installed", lambda module: False)
+    for name, spec in REGISTRY.items():
+        cls = getattr(importlib.import_module(f"qk_runtime.{spec.module}"), spec.cls)
+        assert issubclass(cls, Backend)
+        with pytest.raises(BackendUnavailable, match=f"backend {name} needs {spec.label}.*{re.escape(spec.install)}"):
+            availability(name, open_bundle(fp32_bundle))
