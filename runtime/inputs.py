@@ -35,14 +35,13 @@ from .errors import InputError
 MAX_PIXELS = 64 * 1024 * 1024  # 64 megapixels, about 8192 x 8192
 
 
-def _check_size(width: int, height: int, what: str) -> None:
+def _check_size(width: int, height: int, what: str, max_pixels: int = MAX_PIXELS, too_large=InputError) -> None:
+    """An empty image or one over `max_pixels` (`too_large` is raised) is refused, before decoding."""
     if width < 1 or height < 1:
         raise InputError(f"{what} is empty ({width}x{height} pixels)")
-    if width * height > MAX_PIXELS:
-        raise InputError(
-            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {MAX_PIXELS} "
-            f"(refused as a possible decompression bomb); downscale it first"
-        )
+    if width * height > max_pixels:
+        raise too_large(f"{what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels "
+                        f"(refused as a possible decompression bomb); downscale it first")
 
 
 def _pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -98,12 +97,7 @@ def decode_image(source, what: str, *, formats=None, max_pixels: int = MAX_PIXEL
 
     try:
         with opened() as probe:
-            w, h = probe.size
-            if w < 1 or h < 1:
-                raise InputError(f"{what} is empty ({w}x{h} pixels)")
-            if w * h > max_pixels:
-                raise too_large(f"{what} is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels (refused "
-                                f"as a possible decompression bomb, before decoding); downscale it first")
+            _check_size(*probe.size, what, max_pixels, too_large)
             probe.verify()  # PNG: every chunk's checksum, up to IEND
         with opened() as img:
             img.load()  # once: after a failed load Pillow's next load() returns without an error
