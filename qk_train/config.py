@@ -92,6 +92,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     optimizer: str = "adamw"  # "adamw" | "muon" (Muon for the blocks' 2-D weights, AdamW for the rest: qk_train/optim.py)
     grad_clip: float = 1.0
+    # "bf16": the main stage's forward and backward under bfloat16 autocast (matrix products in
+    # bfloat16, weights, optimizer and EMA in float32); "fp32": all in float32
+    precision: str = "fp32"
     ema_decay: float = 0.999
     edit_fraction: float = 0.75  # share of each batch that is editing (the rest: generation)
     edit_loss_weight: float = 1.0
@@ -283,6 +286,7 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
     need(all(w >= 0 for w in cfg.data.bucket_weights) and sum(cfg.data.bucket_weights) > 0,
          f"data.bucket_weights={list(cfg.data.bucket_weights)} must be >= 0 with a positive sum")
     need(cfg.train.optimizer in ("adamw", "muon"), f"train.optimizer={cfg.train.optimizer!r}; use 'adamw' or 'muon'")
+    need(cfg.train.precision in ("fp32", "bf16"), f"train.precision={cfg.train.precision!r}; use 'fp32' or 'bf16'")
     need(cfg.text.kind in ("pretrained", "tiny"), f"text.kind={cfg.text.kind!r}; use 'pretrained' or 'tiny'")
     need(cfg.codec.kind in ("tiny_ae", "pixel", "pretrained"),
          f"codec.kind={cfg.codec.kind!r}; use 'tiny_ae', 'pixel' or 'pretrained'")

@@ -23,6 +23,7 @@ loses at most that much. The same command resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -427,6 +428,12 @@ class Trainer:
             return self._batches.get(stage, step, total)
         return make_batch(self.cfg, stage, step, self.rank, self.world).to(self.device)
 
+    def _precision(self, stage: str):
+        """bfloat16 autocast for the main stage's step when `train.precision` is "bf16"."""
+        if stage == STAGE_MAIN and self.cfg.train.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _out_of_time(self) -> bool:
         if self.time_budget_s is None:
             return False
@@ -505,7 +512,8 @@ class Trainer:
                     group["lr"] = lr_at(step, base_lr, total, warmup)
                 batch = self._batch(stage, step, total)
                 gen = torch.Generator().manual_seed(step_seed(cfg, stage, step, self.rank))
-                loss, logs = self.module(batch, gen)
+                with self._precision(stage):
+                    loss, logs = self.module(batch, gen)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), cfg.train.grad_clip)
