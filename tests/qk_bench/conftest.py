@@ -1,7 +1,5 @@
-"""The tiny preset trained once, and one quick qk-bench run on it shared by the smoke tests.
-
-Training uses `qk_train.train.Trainer` (as tests/qk_runtime and tests/qk_export do); the run
-exports its bundles into a temporary cache and measures a few configurations, one per engine.
+"""One quick qk-bench run on the tiny checkpoint (tests/conftest.py's), shared by the smoke tests:
+it exports its bundles into a temporary cache and measures a few configurations, one per engine.
 """
 from __future__ import annotations
 
@@ -10,24 +8,9 @@ from pathlib import Path
 
 import pytest
 
-TRAIN_STEPS = 8  # moves the zero-initialised output layers off zero; latency needs no quality
 # both CPU backends dense in both precisions: `auto` picks OpenVINO for INT8 on CPUs with VNNI/AMX and
 # ONNX Runtime on the others, and the INT8-vs-FP32 target is measured on the one it picks
 SMOKE_CONFIGS = "torch-fp32-eager,ort-fp32-dense,ort-fp32-region,ort-int8-dense,ov-fp32-dense,ov-int8-dense,peer-ov-int8-plain"
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    torch = pytest.importorskip("torch", reason="training the tiny test model needs torch (pip install 'query-kontext[export]')")
-    from qk_train.train import Trainer, resolve_config
-
-    out = tmp_path_factory.mktemp("qk_bench_tiny")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model trains far faster on one thread of a shared CPU
-    try:
-        return Trainer(resolve_config("tiny", [], TRAIN_STEPS), out, progress=False).run()
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

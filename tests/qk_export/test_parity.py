@@ -56,7 +56,8 @@ def test_int8_graphs_are_symmetric_qdq_with_sensitive_layers_in_float(bundles):
     assert not ops & {"QuantizeLinear", "DequantizeLinear"}
 
 
-def test_int8_graphs_stay_within_their_bound_on_fresh_held_out_steps(bundles, model, torch_one_thread):
+@pytest.mark.usefixtures("one_thread")
+def test_int8_graphs_stay_within_their_bound_on_fresh_held_out_steps(bundles, model):
     fresh = record_trajectories(model, "val", 8, first_index=1000)  # val scenes the export did not use
     for graph in ("decoder", "decoder_region"):  # as format-3 steps take them
         fresh.feeds[graph] = [with_step_condition(model, f) for f in fresh.feeds[graph]]

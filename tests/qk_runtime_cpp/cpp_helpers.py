@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CPP = ROOT / "runtime" / "cpp"
 BUILD = Path(os.environ.get("QK_CPP_BUILD_DIR", CPP / "build"))
 PROGRAMS = ("qk_edit_cpp", "qk_cpp_probe", "qk_c_api_test")
-TRAIN_STEPS = 30  # enough for the gate to open on some tokens, so parity covers the edited pixels
 THREADS = 1  # both runtimes on one ONNX Runtime thread: the same kernels, the same sums
 
 
