@@ -281,6 +281,34 @@ def activation_ranges(proto: onnx.ModelProto, tensors: list[str], feeds: list[di
     return {t: _clip_mse(np.concatenate(samples[t]), amax[t]) if amax[t] > 0 else 0.0 for t in tensors}
 
 
+def _int8_weight(init: onnx.TensorProto, axis: int, levels: int, new_inits: list, nodes: list) -> str:
+    """Append `init` quantized to int8 per channel along `axis` (initializers: values, scales,
+    zero points 0) and its DequantizeLinear; return the float tensor's name."""
+    from onnx import helper, numpy_helper
+
+    q, scale = _quantize_weight(numpy_helper.to_array(init), axis, levels)
+    base = init.name.replace("/", "_").strip("_") or "w"
+    new_inits += [numpy_helper.from_array(q, f"{base}_quantized"), numpy_helper.from_array(scale, f"{base}_scale"),
+                  numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point")]
+    nodes.append(helper.make_node("DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
+                                  [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=axis))
+    return f"{base}_dequantized"
+
+
+def _save_with_nodes(proto: onnx.ModelProto, nodes: list, dst: Path) -> None:
+    """Give `proto` these nodes, drop the initializers no node reads, check it and save it to `dst`
+    (weights in `dst.name + ".data"` beside it when large)."""
+    used = {i for n in nodes for i in n.input}
+    kept = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(dst), save_as_external_data=weight_bytes(proto) > EXTERNAL_DATA_BYTES,
+                    all_tensors_to_one_file=True, location=dst.name + ".data")
+
+
 def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], op_types: tuple[str, ...],
                    exclude: tuple[str, ...] = (), exclude_attention: bool = False, weight_bits: int = 7) -> list[str]:
     """Symmetric S8S8 Q/DQ quantization of `src` into `dst`; returns the node names kept in float.
@@ -354,26 +382,11 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], op_
         w_name = node.input[1]
         if w_name not in weight_dq:
             axis = _weight_axis(node)
-            q, w_scale = _quantize_weight(numpy_helper.to_array(inits[w_name]), axis, weight_levels(weight_bits))
-            w_base = w_name.replace("/", "_").strip("_") or "w"
-            new_inits += [numpy_helper.from_array(q, f"{w_base}_quantized"), numpy_helper.from_array(w_scale, f"{w_base}_scale"),
-                          numpy_helper.from_array(np.zeros(w_scale.shape, np.int8), f"{w_base}_zero_point")]
-            nodes.append(helper.make_node(
-                "DequantizeLinear", [f"{w_base}_quantized", f"{w_base}_scale", f"{w_base}_zero_point"], [f"{w_base}_dequantized"],
-                name=f"{w_base}_DequantizeLinear", axis=axis))
-            weight_dq[w_name] = f"{w_base}_dequantized"
+            weight_dq[w_name] = _int8_weight(inits[w_name], axis, weight_levels(weight_bits), new_inits, nodes)
         node.input[1] = weight_dq[w_name]
         nodes.append(node)
     proto.graph.initializer.extend(new_inits)
-    used = {i for n in nodes for i in n.input}
-    kept = [t for t in proto.graph.initializer if t.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    del proto.graph.node[:]
-    proto.graph.node.extend(nodes)
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(dst), save_as_external_data=weight_bytes(proto) > EXTERNAL_DATA_BYTES,
-                    all_tensors_to_one_file=True, location=dst.name + ".data")
+    _save_with_nodes(proto, nodes, dst)
     return excluded
 
 
@@ -383,8 +396,6 @@ def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul"
     DequantizeLinear (zero point 0) in front of its op; activations stay float. Returns the
     quantized weights' names. For encoders whose activations have outliers that per-tensor
     INT8 cannot hold (BERT-style text encoders), at a quarter of the FP32 size."""
-    from onnx import helper, numpy_helper
-
     proto = onnx.load(str(src))
     inits = {t.name: t for t in proto.graph.initializer}
     done: dict[str, str] = {}
@@ -395,31 +406,14 @@ def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul"
             name = node.input[index] if len(node.input) > index else ""
             if name in inits and inits[name].data_type == onnx.TensorProto.FLOAT and len(inits[name].dims) == 2:
                 if name not in done:
-                    w = numpy_helper.to_array(inits[name])
                     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
                     axis = 0 if node.op_type == "Gather" or trans_b else 1  # the output-channel axis
-                    q, scale = _quantize_weight(w, axis)
-                    base = name.replace("/", "_").strip("_") or "w"
-                    proto.graph.initializer.extend([
-                        numpy_helper.from_array(q, f"{base}_quantized"),
-                        numpy_helper.from_array(scale, f"{base}_scale"),
-                        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
-                    ])
-                    new_nodes.append(helper.make_node(
-                        "DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"],
-                        [f"{base}_dequantized"], name=f"{base}_DequantizeLinear", axis=axis))
-                    done[name] = f"{base}_dequantized"
+                    new_inits: list[onnx.TensorProto] = []
+                    done[name] = _int8_weight(inits[name], axis, 127, new_inits, new_nodes)
+                    proto.graph.initializer.extend(new_inits)
                 node.input[index] = done[name]
         new_nodes.append(node)
-    used = {i for n in new_nodes for i in n.input}
-    kept = [t for t in proto.graph.initializer if t.name in used]
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(kept)
-    del proto.graph.node[:]
-    proto.graph.node.extend(new_nodes)
-    onnx.checker.check_model(proto)
-    onnx.save_model(proto, str(dst), save_as_external_data=weight_bytes(proto) > EXTERNAL_DATA_BYTES,
-                    all_tensors_to_one_file=True, location=dst.name + ".data")
+    _save_with_nodes(proto, new_nodes, dst)
     return list(done)
 
 

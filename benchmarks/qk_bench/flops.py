@@ -53,12 +53,9 @@ class DecoderShape:
     step_condition: bool = True  # the step takes decoder_cond's outputs (format 3), not the text
 
     @property
-    def grid(self) -> int:
-        return self.latent_size // self.patch
-
-    @property
     def tokens(self) -> int:
-        return self.grid * self.grid
+        """Image tokens of the decoder: (latent_size / patch) squared, as `qk_runtime.contract.Dims` counts them."""
+        return (self.latent_size // self.patch) ** 2
 
     @property
     def mlp_width(self) -> int:
@@ -66,12 +63,16 @@ class DecoderShape:
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> "DecoderShape":
-        """From a bundle's manifest.json (its `dims` and `model_config`)."""
-        d, dec = manifest["dims"], manifest["model_config"]["decoder"]
-        return cls(width=d["width"], depth=dec["depth"], heads=dec["heads"], patch=d["patch"],
-                   mlp_ratio=float(dec["mlp_ratio"]), latent_channels=d["latent_channels"],
-                   latent_size=d["image_size"] // d["factor"], text_length=d["max_length"],
-                   text_width=d["text_width"], kontext_tokens=d["kontext_tokens"],
+        """From a bundle's manifest.json: the sizes from its `dims` (read as the runtime reads them),
+        the decoder's layout from its `model_config`."""
+        from qk_runtime.contract import Dims
+
+        d = Dims(**{k: v for k, v in manifest["dims"].items() if k in Dims.__dataclass_fields__})
+        dec = manifest["model_config"]["decoder"]
+        return cls(width=d.width, depth=dec["depth"], heads=dec["heads"], patch=d.patch,
+                   mlp_ratio=float(dec["mlp_ratio"]), latent_channels=d.latent_channels,
+                   latent_size=d.latent_size, text_length=d.max_length,
+                   text_width=d.text_width, kontext_tokens=d.kontext_tokens,
                    source_mode=dec.get("source_mode", "channel"), window=int(dec.get("attn_window") or 0),
                    step_condition=int(manifest.get("format_version", 1)) >= 3)
 
