@@ -157,6 +157,9 @@ def reaches(point: dict, ref: dict) -> bool:
 # --------------------------------------------------------------------------- a run
 
 
+CHECKPOINT_EVERY_S = 600  # a long run cut short loses at most ten minutes
+
+
 def train_recipe(name: str, recipe: dict, budget: float, points: int, step_seconds: float, work: Path,
                  n: int, gen_n: int, folder: Path, machine: str, baseline_seconds: float | None) -> dict:
     import torch
@@ -186,7 +189,7 @@ def train_recipe(name: str, recipe: dict, budget: float, points: int, step_secon
     for mark in marks:
         if mark in done:
             continue
-        trainer = Trainer(cfg, run, progress=False, max_steps=None)
+        trainer = Trainer(cfg, run, progress=False, max_steps=None, checkpoint_every_s=CHECKPOINT_EVERY_S)
         latest = ckpt.latest_checkpoint(run)
         at = 0 if latest is None else int(json.loads((latest / ckpt.STATE_META).read_text())["step"])
         trainer.max_steps = mark - at
