@@ -3,11 +3,12 @@
 Steps: validate the arguments and load the checkpoint (nothing is written before both pass);
 export each graph of the contract (`exporter.py`) and compare it with its torch module in ONNX
 Runtime (`parity.py`: the FP32 decoder must match to 1e-4); with `int8`, quantize and check the
-INT8 bound (`quantize.py`); write the tokenizer and the manifest; check TensorRT readiness
-(`trt_check.py`) and verify the hashes with the runtime's loader. All of it happens in a hidden
-folder beside `out` that is renamed into place only when every check passed, so a failed or
-interrupted export leaves nothing that looks like a bundle, and an existing bundle at `out` is
-replaced in one rename.
+INT8 bound (`quantize.py`); with `fp16`, convert to float16 and check the FP16 bound
+(`fp16.py`); write the tokenizer and the manifest; check TensorRT readiness (`trt_check.py`)
+and verify the hashes with the runtime's loader. All of it happens in a hidden folder beside
+`out` that is renamed into place only when every check passed, so a failed or interrupted
+export leaves nothing that looks like a bundle, and an existing bundle at `out` is replaced in
+one rename.
 """
 from __future__ import annotations
 
@@ -48,7 +49,19 @@ class ExportError(ValueError):
 
 
 def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, calib_samples: int,
-                    window: int | None, float_groups: tuple[str, ...] | None = None) -> None:
+                    window: int | None, float_groups: tuple[str, ...] | None = None, fp16: bool = False,
+                    fp16_float: tuple[str, ...] | None = None) -> None:
+    if fp16 and int8:
+        raise ExportError("--fp16 and --int8 are two precisions of one bundle; export one bundle per precision")
+    if fp16_float is not None:
+        from .fp16 import DEFAULT_FLOAT as FP16_DEFAULT, check_groups
+
+        if not fp16 and tuple(fp16_float) != FP16_DEFAULT:
+            raise ExportError("--fp16-float only applies with --fp16 (an FP32 bundle keeps every node in float32)")
+        try:
+            check_groups(fp16_float)
+        except ValueError as exc:
+            raise ExportError(f"--fp16-float: {exc}") from exc
     if float_groups is not None:
         from .quantize import DEFAULT_FLOAT, float_layers
 
@@ -196,7 +209,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
                   opset: int = 20, calib_samples: int = 64, window: int | None = None, command: str | None = None,
                   progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None,
                   format_version: int = FORMAT_VERSION, int8_float: tuple[str, ...] | None = None,
-                  int8_strict: bool = True) -> Path:
+                  int8_strict: bool = True, fp16: bool = False, fp16_float: tuple[str, ...] | None = None) -> Path:
     """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
 
     `text_encoder_from`: a bundle beside `out` whose text encoder file this bundle uses instead
@@ -210,10 +223,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     `int8_float`: the groups of layers an INT8 bundle keeps in float (`qk_export.quantize.FLOAT_GROUPS`;
     default `DEFAULT_FLOAT`, () quantizes every MatMul/Gemm with a weight). `int8_strict` False
     writes a bundle whose INT8 graphs miss their error bounds, with the miss in the manifest's
-    parity (for measuring what the bounds refuse; the CLI is always strict)."""
+    parity (for measuring what the bounds refuse; the CLI is always strict).
+
+    `fp16`: half-precision graphs with float32 inputs and outputs (`qk_export.fp16`), keeping the
+    `fp16_float` groups in float32 (default `qk_export.fp16.DEFAULT_FLOAT`); each graph is compared
+    with torch FP32 in ONNX Runtime's CPU provider and must stay within `parity.FP16_BOUND`."""
     checkpoint, out = Path(checkpoint), Path(out)
     check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window,
-                    float_groups=int8_float)
+                    float_groups=int8_float, fp16=fp16, fp16_float=fp16_float)
     check_out_path(out, checkpoint, text_encoder_from)
     model = load_model(checkpoint, sparse_attn, window)
     shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
@@ -244,6 +261,10 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             for name, r in int8_report.items():
                 report[name] = {**r, "fp32": report[name]}
                 precision[name] = "int8"
+        half = None
+        if fp16:
+            half = half_precision(model, specs, build, report, precision, fp16_float,
+                                  skip=("text_encoder",) if shared is not None else (), log=log)
         shared_weights = None
         if "decoder_region" in specs:  # two graphs over one set of weights: store them once
             files = [specs["decoder"].file, specs["decoder_region"].file]
@@ -256,7 +277,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             "format_version": format_version,
             "model_config": model.cfg.to_dict(),
             "dims": {k: v for k, v in model_dims(model).to_dict().items() if format_version >= 3 or k != "depth"},
-            "precision": "int8" if int8 else "fp32",
+            "precision": "int8" if int8 else "fp16" if fp16 else "fp32",
             "sparse_attn": sparse_attn,
             "window": model.cfg.decoder.attn_window or None,
             "opset": opset,
@@ -268,6 +289,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             "files": {},
             "parity": report,
             "quantization": quantization,
+            **({"fp16": half} if half is not None else {}),
             "trt_readiness": None,
             "exporter": {"torch": torch.__version__, "method": "torch.onnx.export(dynamo=False)", "cleanup": cleanup_tool()},
             "command": command or f"export_bundle({str(checkpoint)!r}, {str(out)!r}, int8={int8}, "
@@ -300,12 +322,42 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     return out
 
 
+def half_precision(model: QKModel, specs: dict, build: Path, report: dict, precision: dict,
+                   float_groups: tuple[str, ...] | None, skip: tuple[str, ...] = (), log=lambda msg: None) -> dict:
+    """Convert the FP32 graphs in `build` to FP16 (`fp16.convert_file`), measure each against torch
+    FP32 (`parity.fp16_parity`, the FP32 figures kept under "fp32") and raise ParityError when one
+    misses `parity.FP16_BOUND`. Returns the manifest's record of the conversion."""
+    from .fp16 import DEFAULT_FLOAT, check_groups, convert_file
+    from .parity import ParityError, fp16_parity, fp16_problem
+
+    groups = check_groups(DEFAULT_FLOAT if float_groups is None else float_groups)
+    counts, problems = {}, []
+    for i, (name, spec) in enumerate(specs.items()):
+        if name in skip:
+            continue
+        counts[name] = convert_file(build / spec.file, groups, name)
+        r = fp16_parity(wrap(model, spec), spec, build / spec.file, model, seed=2000 + i)
+        report[name] = {**r, "fp32": report[name]}
+        precision[name] = "fp16"
+        problems.append(fp16_problem(name, report[name]))
+        log(f"FP16 {spec.file}: mean abs error {r['mean_abs_over_std']:.2e} (ONNX Runtime CPU), "
+            f"{r['half_arithmetic']['mean_abs_over_std']:.2e} (float16 arithmetic) of the output's std "
+            f"({counts[name]['float_nodes']} of {counts[name]['float_nodes'] + counts[name]['half_nodes']} nodes kept FP32)")
+    problems = [p for p in problems if p]
+    if problems:
+        raise ParityError("; ".join(problems))
+    return {"method": "qk_export.fp16 (float16 nodes, float32 inputs and outputs)", "float_groups": list(groups),
+            "nodes": counts}
+
+
 def summary(bundle: Path) -> str:
     m = json.loads((bundle / MANIFEST).read_text())
     size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
     dec = m["parity"]["decoder"]
-    err = f"decoder max abs error {dec['max_abs']:.2e}" if m["precision"] == "fp32" else \
-        f"decoder INT8 mean abs error {dec.get('mean_abs_over_std', 0):.3f} of std"
+    err = {"fp32": f"decoder max abs error {dec['max_abs']:.2e}",
+           "fp16": f"decoder FP16 mean abs error {dec.get('half_arithmetic', dec).get('mean_abs_over_std', 0):.2e} of std "
+                   f"(float16 arithmetic)"}.get(
+        m["precision"], f"decoder INT8 mean abs error {dec.get('mean_abs_over_std', 0):.3f} of std")
     return (f"wrote {bundle}: {len(m['graphs'])} graphs, {m['precision']}, sparse {m['sparse_attn']}, "
             f"{size / 1e6:.1f} MB, {err}, TensorRT readiness ok")
 

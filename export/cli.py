@@ -1,10 +1,11 @@
-"""qk-export: a trained checkpoint -> a verified ONNX bundle (FP32 or INT8 Q/DQ, dense or sparse).
+"""qk-export: a trained checkpoint -> a verified ONNX bundle (FP32, FP16 or INT8 Q/DQ, dense or sparse).
 
 examples:
   qk-export --out bundles/fp32                                   # the shipped default checkpoint
   qk-export --model runs/small/final --int8 --out bundles/int8
   qk-export --model runs/small/final --int8 --sparse-attn region --out bundles/int8-region
-  qk-export --check bundles/int8-region                          # TensorRT readiness of a bundle
+  qk-export --model runs/small/final --fp16 --sparse-attn region --out bundles/fp16-region
+  qk-export --check bundles/int8-region                          # TensorRT readiness of a bundle, constant folding
   qk-export --verify bundles/int8-region                         # sha256 of every file
 
 exit status: 0 done; 1 --check/--verify found problems; 2 bad arguments (nothing written).
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --int8: the layer groups kept in float, comma-separated, or none: adaln (timestep embedding "
                         "and adaLN modulation), io (input and output projections), attention (score and value MatMuls of "
                         "two activations). Default adaln,io,attention; benchmarks/int8_float_study.py measures each")
+    p.add_argument("--fp16", action="store_true",
+                   help="half-precision graphs (float32 inputs and outputs, so the runtimes feed them as any bundle); "
+                        "the groups of --fp16-float stay float32; each graph is checked against torch FP32")
+    p.add_argument("--fp16-float", type=_fp16_groups, default=None, metavar="GROUPS",
+                   help="with --fp16: the node groups kept in float32, comma-separated, or none: norm (normalisations), "
+                        "softmax, time (the timestep embedding), gating (the step's gating and back-to-source velocity). "
+                        "Default norm,softmax,time,gating; benchmarks/fp16_groups.py measures each")
     p.add_argument("--text-encoder-from", metavar="BUNDLE", default=None,
                    help="use the text encoder file of this bundle (beside --out) instead of writing a copy; the manifest "
                         "records its path, sha256 and precision (the shipped fp32 bundle shares int8's)")
@@ -57,6 +65,16 @@ def _groups(text: str) -> tuple[str, ...]:
     if not words:  # "" or "," would have meant "quantize everything"; that is spelled `none`
         raise argparse.ArgumentTypeError("no group given; name the groups to keep in float (adaln, io, attention), "
                                          "or none to quantize every layer")
+    if "none" in words and len(words) > 1:
+        raise argparse.ArgumentTypeError(f"{text!r} mixes none with groups; give either none or groups")
+    return () if words == ("none",) else words
+
+
+def _fp16_groups(text: str) -> tuple[str, ...]:
+    words = tuple(w.strip() for w in text.split(",") if w.strip())
+    if not words:
+        raise argparse.ArgumentTypeError("no group given; name the groups to keep in float32 (norm, softmax, time, "
+                                         "gating), or none to run every node in float16")
     if "none" in words and len(words) > 1:
         raise argparse.ArgumentTypeError(f"{text!r} mixes none with groups; give either none or groups")
     return () if words == ("none",) else words
@@ -79,7 +97,24 @@ def _check(bundle: str) -> int:
     for problem in problems:
         print(problem)
     print(f"TensorRT readiness of {bundle}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    _fold(bundle)
     return 0 if not problems else 1
+
+
+def _fold(bundle: str) -> None:
+    """Polygraphy's constant folding, node counts before and after (a report: it changes no file)."""
+    from .trt_check import folding_report
+
+    try:
+        rows = folding_report(Path(bundle))
+    except ImportError as exc:
+        print(f"constant folding (Polygraphy sanitize): not run: {exc}", file=sys.stderr)
+        return
+    for name, before, after in rows:
+        print(f"  {name:15s} {before:5d} -> {after:5d} nodes" + ("" if after == before else f" ({before - after} foldable)"))
+    folded = sum(b - a for _, b, a in rows)
+    print(f"constant folding (Polygraphy sanitize) of {bundle}: {len(rows)} graphs, {sum(b for _, b, _ in rows)} -> "
+          f"{sum(a for _, _, a in rows)} nodes" + (": nothing left to fold" if not folded else f": {folded} foldable"))
 
 
 def _verify(bundle: str) -> int:
@@ -134,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         out = export_bundle(model, args.out, int8=args.int8, sparse_attn=args.sparse_attn, opset=args.opset,
                             calib_samples=args.calib_samples, window=args.window, command=command_line(argv),
                             progress=not args.quiet, weight_bits=args.weight_bits,
-                            text_encoder_from=args.text_encoder_from, int8_float=args.int8_float)
+                            text_encoder_from=args.text_encoder_from, int8_float=args.int8_float, fp16=args.fp16,
+                            fp16_float=args.fp16_float)
     except ExportError as exc:
         return _error(str(exc))
     except (ParityError, ReadinessError) as exc:

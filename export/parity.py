@@ -31,6 +31,10 @@ INT8_BOUNDS = {"decoder": 0.05, "decoder_region": 0.05, "gateway": 0.10, "text_e
 # the CMG's output is a probability (thresholded at 0.5 by the runtime): its INT8 error is bounded
 # in probability units; `gate_flips` (tokens that land on the other side of 0.5) is reported
 INT8_GATE_MEAN_ABS = 0.02
+# FP16 (`qk-export --fp16`): every graph's mean abs error against torch FP32 <= this share of the
+# output's standard deviation, on the FP32 check's random inputs (the shipped checkpoint's graphs
+# sit at 1e-4 to 1e-3 of it with the default float groups: benchmarks/results/cpu-2core/fp16_groups.md)
+FP16_BOUND = 0.01
 
 
 class ParityError(ValueError):
@@ -98,6 +102,64 @@ def check_fp32(report: dict[str, dict]) -> None:
                 f"{report[name]['inputs']}, over the bound {FP32_BOUND}; the export is wrong: check the opset and "
                 f"the exporter's warnings"
             )
+
+
+class ReferenceSession:
+    """onnx's reference evaluator behind `session.run`'s signature: numpy runs every node in the
+    graph's own types, so float16 nodes round every result to float16 as GPU kernels do."""
+
+    def __init__(self, path: Path):
+        from onnx.reference import ReferenceEvaluator
+        from onnx.reference.op_run import OpRun
+
+        class GatherElements(OpRun):  # the evaluator's own uses np.choose, limited to 64 choices
+            def _run(self, data, indices, axis=None):
+                axis = axis or 0
+                return (np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis=axis),)
+
+        self.evaluator = ReferenceEvaluator(str(path), new_ops=[GatherElements])
+
+    def run(self, names, feed):
+        return [np.asarray(o, np.float32) for o in self.evaluator.run(names, feed)]
+
+
+def _over_std(outs: list[np.ndarray], refs: list[np.ndarray]) -> float:
+    """The largest, over a graph's outputs, of mean abs error / the torch output's std."""
+    return max(float(np.abs(o.astype(np.float64) - r).mean() / max(float(r.std()), 1e-12)) for o, r in zip(outs, refs))
+
+
+def fp16_parity(module: torch.nn.Module, spec: GraphSpec, path: Path, model: QKModel, seed: int) -> dict:
+    """Errors of an FP16 graph (float32 inputs and outputs) against the FP32 torch module on the
+    FP32 check's random inputs, run in ONNX Runtime's CPU provider, with `mean_abs_over_std` (mean
+    abs error over the torch output's standard deviation). ONNX Runtime's CPU provider has float16
+    kernels for few ops: it runs the others in float32 behind casts it inserts, and drops the
+    casts between them, so its figures understate a GPU's error. `half_arithmetic` holds the same
+    figures from onnx's reference evaluator (numpy in the graph's types: every float16 node's
+    result rounded to float16); the bound applies to the larger of the two."""
+    feed = random_feed(spec, model, seed)
+    with torch.no_grad():
+        refs = module(*(torch.from_numpy(feed[t.name]) for t in spec.inputs))
+    refs = [r.numpy() for r in (refs if isinstance(refs, tuple) else (refs,))]
+    names = [t.name for t in spec.outputs]
+    outs = ort_session(path).run(names, feed)
+    halves = ReferenceSession(path).run(names, feed)
+    flat = lambda arrays: np.concatenate([a.ravel() for a in arrays])  # noqa: E731
+    report = {**errors(flat(outs), flat(refs)), "inputs": f"random seed {seed}, batch {next(iter(feed.values())).shape[0]}",
+              "runtime": "onnxruntime CPUExecutionProvider", "mean_abs_over_std": _over_std(outs, refs),
+              "half_arithmetic": {**errors(flat(halves), flat(refs)),
+                                  "runtime": "onnx.reference.ReferenceEvaluator (numpy float16)",
+                                  "mean_abs_over_std": _over_std(halves, refs)},
+              "bound": f"mean_abs_over_std <= {FP16_BOUND} for each output, in both runtimes"}
+    return report
+
+
+def fp16_problem(name: str, report: dict, bound: float = FP16_BOUND) -> str | None:
+    """Why an FP16 graph misses its bound (None when it is within)."""
+    worst = max(report["mean_abs_over_std"], report["half_arithmetic"]["mean_abs_over_std"])
+    if worst > bound:
+        return (f"FP16 {name}: mean abs error is {worst:.2e} of the output's standard deviation "
+                f"(bound {bound}); keep more of it in float32 (--fp16-float)")
+    return None
 
 
 def predicted_mask(spec: GraphSpec, feed: dict[str, np.ndarray], out_shape: tuple[int, ...]) -> np.ndarray:

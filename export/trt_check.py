@@ -158,6 +158,58 @@ def check_bundle(bundle: str | Path) -> list[str]:
     return problems
 
 
+POLYGRAPHY_MISSING = "Polygraphy is not installed: pip install polygraphy onnx-graphsurgeon (in the export extra)"
+
+
+def load_with_weights(path: Path, base_dir: Path) -> onnx.ModelProto:
+    """A graph with its external tensors read in (each from a file inside `base_dir`, by offset and
+    length). Read here rather than by onnx, which refuses weights files with several hard links."""
+    from qk_runtime.errors import BundleError
+    from qk_runtime.files import contained
+
+    model = onnx.load(str(path), load_external_data=False)
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        where = contained(base_dir, info.get("location", ""), f"tensor {t.name!r} external data", BundleError)
+        with open(where, "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            raw = f.read(int(info["length"])) if "length" in info else f.read()
+        t.raw_data = raw
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+    return model
+
+
+def folding_report(bundle: str | Path) -> list[tuple[str, int, int]]:
+    """Polygraphy's ONNX sanitization (constant folding with shape inference, as `polygraphy
+    surgeon sanitize --fold-constants`) on every graph of the bundle, in memory: (graph, nodes
+    before, nodes after). Nothing is written; a graph that folds further than its export did
+    carries work TensorRT would fold at build time. Raises ImportError without Polygraphy."""
+    from qk_runtime.bundle import open_bundle
+
+    try:
+        from polygraphy.backend.onnx import fold_constants
+        from polygraphy.logger import G_LOGGER
+        import onnx_graphsurgeon  # noqa: F401 - Polygraphy's folding runs on it
+    except ImportError as exc:
+        raise ImportError(POLYGRAPHY_MISSING) from exc
+    opened = open_bundle(Path(bundle), verify=False)
+    rows = []
+    severity = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        for name, info in opened.graphs.items():
+            model = load_with_weights(info.path, info.path.parent)
+            before = len(model.graph.node)
+            folded = fold_constants(model, do_shape_inference=True, error_ok=True, copy=True)
+            rows.append((name, before, len(folded.graph.node)))
+    finally:
+        G_LOGGER.module_severity = severity
+    return rows
+
+
 def require_ready(bundle: str | Path) -> None:
     problems = check_bundle(bundle)
     if problems:

@@ -58,13 +58,16 @@ class BackendSpec:
     spins: bool = False  # takes `spinning` (ONNX Runtime's intra-op spin-wait)
 
 
-_ORT_GPU_FIX = "pip uninstall onnxruntime && pip install onnxruntime-gpu (on a machine with an NVIDIA GPU and CUDA 12)"
+# onnxruntime-gpu and the base install's onnxruntime write the same onnxruntime/ folder: the CPU wheel goes first
+_ORT_GPU_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu (query-kontext's gpu "
+                "extra; an NVIDIA GPU and CUDA 12; runtime/README.md, \"ONNX Runtime on a GPU\")")
 REGISTRY: dict[str, BackendSpec] = {
     "ort-cpu": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", "pip install onnxruntime",
                            provider="CPUExecutionProvider", options=(("provider", "cpu"),), spins=True),
-    "ort-cuda": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", "pip install onnxruntime",
+    "ort-cuda": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", _ORT_GPU_FIX,
                             provider="CUDAExecutionProvider", options=(("provider", "cuda"),), spins=True),
-    "ort-trt": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime", "pip install onnxruntime",
+    "ort-trt": BackendSpec("backend_ort", "OrtBackend", "onnxruntime", "ONNX Runtime",
+                           _ORT_GPU_FIX + ", plus TensorRT's libraries (pip install 'query-kontext[trt]')",
                            provider="TensorrtExecutionProvider", options=(("provider", "trt"),), spins=True),
     "ov-cpu": BackendSpec("backend_openvino", "OpenVinoBackend", "openvino", "OpenVINO",
                           "pip install 'query-kontext[openvino]' (or pip install openvino)"),
@@ -228,7 +231,7 @@ def availability(name: str, bundle: Bundle) -> None:
     if spec.provider is not None:
         providers = _ort_providers()
         if spec.provider not in providers:
-            fix = _ORT_GPU_FIX + (", plus the TensorRT libraries" if name == "ort-trt" else "")
+            fix = spec.install
             raise BackendUnavailable(f"backend {name} needs ONNX Runtime's {spec.provider}, but this onnxruntime offers "
                                      f"only {providers}; {fix}")
     if name == "tensorrt":

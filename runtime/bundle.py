@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .composite import GATE_ONLY, Composite
-from .contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION,
-                       TOKENIZER, Dims, graph_specs)
+from .contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, GOLDEN_FILES, LEGACY_REGION_BUCKETS, MANIFEST,
+                       MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs)
 from .errors import BundleError
 from .files import contained, path_parts, read_json
 
@@ -44,6 +44,9 @@ MAX_STEPS = 1000
 GUIDANCE_RANGE = (0.0, 100.0)  # text, image and generation guidance
 SHIFT_RANGE = (0.01, 100.0)
 MAX_HALO = 64
+# what the graphs compute in: float32; Q/DQ INT8 (`qk-export --int8`); float16 with float32 inputs,
+# outputs and sensitive nodes (`qk-export --fp16`)
+PRECISIONS = ("fp32", "int8", "fp16")
 DIM_LIMITS = {"image_size": 8192, "latent_channels": 1024, "factor": 64, "patch": 64, "max_length": 4096,
               "text_width": 65536, "kontext_tokens": 4096, "width": 65536, "depth": 1024}
 
@@ -90,7 +93,7 @@ class Bundle:
     path: Path
     manifest: dict
     dims: Dims
-    precision: str  # "fp32" | "int8"
+    precision: str  # one of PRECISIONS
     sparse_attn: str  # "none" | "window" | "region"
     graphs: dict[str, GraphInfo]
     sampler: SamplerConfig
@@ -123,8 +126,9 @@ class Bundle:
 
     @property
     def sha(self) -> str:
-        """One hash for the whole bundle: sha256 of its canonical files map."""
-        return files_digest(self.files)
+        """One hash for the whole bundle: sha256 of its canonical files map, less the golden
+        outputs (`contract.GOLDEN_FILES`, which change no engine)."""
+        return files_digest({k: v for k, v in self.files.items() if k not in GOLDEN_FILES})
 
 
 def files_digest(files: dict[str, str]) -> str:
@@ -396,8 +400,8 @@ def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | Non
     if TOKENIZER not in files:
         raise BundleError(f"{where}: {TOKENIZER} is not listed in 'files'; {EXPORT_HINT}")
     precision = manifest["precision"]
-    if precision not in ("fp32", "int8"):
-        raise BundleError(f"{where}: precision {precision!r} must be 'fp32' or 'int8'")
+    if precision not in PRECISIONS:
+        raise BundleError(f"{where}: precision {precision!r} must be one of {', '.join(map(repr, PRECISIONS))}")
     sparse = manifest.get("sparse_attn", "none")
     if sparse not in ("none", "window", "region"):
         raise BundleError(f"{where}: sparse_attn {sparse!r} must be 'none', 'window' or 'region'")

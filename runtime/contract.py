@@ -33,6 +33,12 @@ STEP_CONDITION = ("cond_kv", "cond_bias", "cond_emb")
 WEIGHT_ONLY_INT8_GRAPHS = ("text_encoder",)
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
+# `qk-build --golden`: fixed inputs and ONNX Runtime CPU outputs of every graph (runtime/golden.py),
+# listed in `files` like every file but left out of the bundle's hash that keys TensorRT engines
+# (they change no engine: saving them leaves built engines valid)
+GOLDEN = "golden.json"
+GOLDEN_DATA = "golden.npz"
+GOLDEN_FILES = (GOLDEN, GOLDEN_DATA)
 
 # Guidance batches: an edit runs 3 branches (text+image, image only, neither), generation 2.
 MAX_BATCH = 3

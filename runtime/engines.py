@@ -58,10 +58,13 @@ def default_engine_dir(bundle_path: Path, gpu_name: str, trt_version: str) -> Pa
 
 
 def engine_precision(bundle_precision: str, has_fp16_flag: bool) -> str:
-    """What the engines compute in: Q/DQ INT8 (strongly typed), FP16 (TensorRT 10's builder flag),
-    or the ONNX file's own FP32 (strongly typed, where the FP16 flag no longer exists: TensorRT 11)."""
+    """What the engines compute in: Q/DQ INT8 (strongly typed), the FP16 bundle's own types
+    (strongly typed), FP16 (TensorRT 10's builder flag on an FP32 bundle), or the ONNX file's own
+    FP32 (strongly typed, where the FP16 flag no longer exists: TensorRT 11)."""
     if bundle_precision == "int8":
         return "int8-qdq-strongly-typed"
+    if bundle_precision == "fp16":
+        return "fp16-strongly-typed"
     return "fp16" if has_fp16_flag else "fp32-strongly-typed"
 
 

@@ -268,9 +268,10 @@ private:
         for (const auto& [name, g] : bundle_.graphs) profiles[name] = g.profile;
         std::string version = std::to_string(NV_TENSORRT_MAJOR) + "." + std::to_string(NV_TENSORRT_MINOR) + "." +
                               std::to_string(NV_TENSORRT_PATCH);
-        std::string precision = bundle_.precision == "int8" ? "int8-qdq-strongly-typed"
-                                : NV_TENSORRT_MAJOR < 11    ? "fp16"
-                                                            : "fp32-strongly-typed";
+        std::string precision = bundle_.precision == "int8"   ? "int8-qdq-strongly-typed"
+                                : bundle_.precision == "fp16" ? "fp16-strongly-typed"
+                                : NV_TENSORRT_MAJOR < 11      ? "fp16"
+                                                              : "fp32-strongly-typed";
         std::vector<std::string> diffs;
         auto field = [&](const char* k, const json& want) {
             const json& have = key.value(k, json());

@@ -429,9 +429,11 @@ const GraphInfo& Bundle::graph(const std::string& g) const {
 }
 
 std::string Bundle::sha() const {
-    // json.dumps(dict(sorted(files.items())), separators=(",", ":"), sort_keys=True)
+    // json.dumps(dict(sorted(files.items())), separators=(",", ":"), sort_keys=True), less the golden
+    // outputs of qk-build --golden (runtime/contract.py GOLDEN_FILES: they change no engine)
     json j = json::object();
-    for (const auto& [k, v] : files) j[k] = v;
+    for (const auto& [k, v] : files)
+        if (k != "golden.json" && k != "golden.npz") j[k] = v;
     return sha256_hex(j.dump(-1, ' ', true));
 }
 
@@ -557,8 +559,9 @@ Bundle open_bundle(const std::string& path, bool verify) {
     if (!b.files.count("tokenizer.json")) throw BundleError(where + ": tokenizer.json is not listed in 'files'; " + kHint);
     b.tokenizer_path = b.paths.at("tokenizer.json");
     const json& prec = m["precision"];
-    if (prec != json("fp32") && prec != json("int8"))
-        throw BundleError(where + ": precision " + dump(prec) + " must be 'fp32' or 'int8'");
+    // fp16 (qk-export --fp16): float16 graphs with float32 inputs and outputs, fed like the others
+    if (prec != json("fp32") && prec != json("int8") && prec != json("fp16"))
+        throw BundleError(where + ": precision " + dump(prec) + " must be 'fp32', 'int8' or 'fp16'");
     b.precision = prec;
     json sparse = m.value("sparse_attn", json("none"));
     if (sparse != json("none") && sparse != json("window") && sparse != json("region"))

@@ -113,7 +113,7 @@ struct EditResult {
 
 struct BundleSummary {
     std::string path;
-    std::string precision;    // "fp32" | "int8"
+    std::string precision;    // "fp32" | "int8" | "fp16"
     std::string sparse_attn;  // "none" | "window" | "region"
     int image_size = 0;
     int max_length = 0;
