@@ -14,7 +14,10 @@ its scripts from a CDN):
   stages plus `queue_wait`, `decode`, `encode` and `server_total`), `X-QK-Backend`, `X-QK-Seed`,
   `X-QK-Steps`; with `?format=json` a JSON object instead, the PNG in base64 (`image_png_base64`)
   and, for edits, the CMG's gate.
-- `GET /healthz`: backend, model side, queue state and limits. `GET /`: the editor page.
+- `GET /healthz`: backend, model side, queue state and limits, and whether the page's "in this
+  browser" mode can run (`web`). `GET /`: the editor page.
+- `GET /web/<module>`, `/web/ort/<file>`, `/bundle/<bundle>/<file>`: the JavaScript runtime,
+  onnxruntime-web's files and the bundle's files for the page's "in this browser" mode (`web.py`).
 
 One `EditSession` per process, driven by one worker thread behind a bounded queue
 (`worker.SessionWorker`). Every POST body is read whole by `BodyGuard` before the route sees it.
@@ -55,6 +58,7 @@ from ..backend import CHOICES
 from ..errors import InputError, QKRuntimeError
 from ..inputs import check_box, check_text
 from .uploads import ImageTooLarge, decode_upload, encode_png, form_text_problem
+from .web import ISOLATION_HEADERS, bundle_files, find_ort_web, load_modules, media_type
 from .worker import JobTimeout, QueueFull, SessionWorker
 
 try:
@@ -62,7 +66,7 @@ try:
     from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
     import anyio
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as exc:  # the serve extra is not installed
     _MISSING = exc
@@ -102,6 +106,7 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     body_timeout_s: float = 10.0  # longest wait for the next bytes of a request body
     max_uploads: int = 16  # request bodies arriving (or their images decoding) at once
+    ort_web_dir: Optional[Path] = None  # onnxruntime-web's dist folder; None: runtime/web/node_modules/onnxruntime-web/dist
 
     def __post_init__(self):
         for name in ("max_upload_bytes", "max_pixels", "max_steps", "max_text_chars", "max_uploads"):
@@ -312,6 +317,11 @@ def create_app(config: ServeConfig | None = None, session=None):
     worker = SessionWorker(config.max_queue, config.timeout_s)
     static = _load_static()
     bundle = session.bundle
+    web_modules = load_modules()
+    ort_web = find_ort_web(config.ort_web_dir)
+    bundle_folder, bundle_table = bundle_files(bundle)
+    if not ort_web.available:
+        log.warning("qk-serve: the page's in-browser mode is off: %s", ort_web.reason)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -371,15 +381,37 @@ def create_app(config: ServeConfig | None = None, session=None):
         return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
     # -- the page
+    page_headers = {"Cache-Control": "no-cache", **ISOLATION_HEADERS}
+
     @app.get("/", include_in_schema=False)
     async def index():
-        return HTMLResponse(static["index.html"], headers={"Cache-Control": "no-cache"})
+        return HTMLResponse(static["index.html"], headers=page_headers)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static_file(name: str):
         if name not in STATIC_FILES:
             return _error(404, f"no static file {name!r}")
-        return Response(static[name], media_type=STATIC_FILES[name], headers={"Cache-Control": "no-cache"})
+        return Response(static[name], media_type=STATIC_FILES[name], headers=page_headers)
+
+    # -- the page's in-browser mode: the JavaScript runtime, onnxruntime-web, the bundle (web.py)
+    @app.get("/web/{name}", include_in_schema=False)
+    async def web_module(name: str):
+        if name not in web_modules:
+            return _error(404, f"no module {name!r} in the web runtime")
+        return Response(web_modules[name], media_type=media_type(name), headers=page_headers)
+
+    @app.get("/web/ort/{name}", include_in_schema=False)
+    async def ort_file(name: str):
+        if name not in ort_web.files:
+            detail = ort_web.reason or f"no file {name!r} among onnxruntime-web's served files"
+            return _error(404, detail)
+        return FileResponse(ort_web.files[name], media_type=media_type(name), headers=page_headers)
+
+    @app.get("/bundle/{path:path}", include_in_schema=False)
+    async def bundle_file(path: str):
+        if path not in bundle_table:
+            return _error(404, f"no file {path!r} in the served bundle")
+        return FileResponse(bundle_table[path], media_type=media_type(path), headers=page_headers)
 
     # -- the API
     @app.get("/healthz", summary="Liveness, backend, queue state and limits")
@@ -388,7 +420,9 @@ def create_app(config: ServeConfig | None = None, session=None):
                 "bundle": bundle.path.name, "precision": bundle.manifest.get("precision"),
                 "image_size": session.side, "default_steps": bundle.sampler.steps,
                 "queue": {"admitted": worker.admitted, "limit": worker.limit}, "completed": worker.completed,
-                "refused": worker.refused, "timed_out": worker.timed_out, "limits": config.public_limits()}
+                "refused": worker.refused, "timed_out": worker.timed_out, "limits": config.public_limits(),
+                "web": {"available": ort_web.available, "reason": ort_web.reason, "onnxruntime_web": ort_web.version,
+                        "bundle_url": f"/bundle/{bundle_folder}", "worker_url": "/web/worker.js", "ort_url": "/web/ort/"}}
 
     png_responses = {200: {"content": {"image/png": {}, "application/json": {}},
                            "description": "the PNG (timings in X-QK-Timings), or JSON with ?format=json"},
@@ -490,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="open connections at most; more get 503 from uvicorn (default 64)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="URL",
                    help="allow browser pages from this origin (repeatable); default: no CORS headers")
+    p.add_argument("--ort-web-dir", type=Path, default=None, metavar="DIR",
+                   help="onnxruntime-web's dist folder for the page's in-browser mode (default: the one `npm ci --prefix "
+                        "runtime/web` installs beside the runtime)")
     p.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True, help="log every request (default on)")
     return p
@@ -513,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                              max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                              max_queue=args.max_queue, timeout_s=args.timeout, max_steps=args.max_steps,
                              max_text_chars=args.max_text_chars, cors_origins=tuple(args.cors_origin),
-                             body_timeout_s=args.body_timeout, max_uploads=args.max_uploads)
+                             body_timeout_s=args.body_timeout, max_uploads=args.max_uploads, ort_web_dir=args.ort_web_dir)
         if args.max_connections < config.max_queue + 2:
             raise ValueError(f"--max-connections {args.max_connections} is below --max-queue + 2 = {config.max_queue + 2}; "
                              f"queued requests would be refused by uvicorn instead of answered with Retry-After")

@@ -7,7 +7,8 @@ README = REPO / "README.md"
 CI = REPO / ".ci" / "run"
 # the READMEs beside the code that the root README links to; their links are checked too
 DOCS = [README] + [REPO / p for p in ("qk_train/README.md", "export/README.md", "runtime/README.md",
-                                      "runtime/cpp/README.md", "runtime/serve/README.md", "benchmarks/README.md")]
+                                      "runtime/cpp/README.md", "runtime/serve/README.md", "runtime/web/README.md",
+                                      "benchmarks/README.md")]
 MAX_LINES = 300
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")  # [text](target) and ![alt](target)
 

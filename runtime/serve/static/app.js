@@ -2,6 +2,12 @@
 // its latency per stage and the gate; "Use as source" pushes the result onto the history,
 // "Undo" pops it. Plain browser APIs, no libraries. The page's state is in `body[data-state]`
 // (loading | ready | busy | done | error) and the last edit's figures in `window.qkLast`.
+//
+// Two modes: "on the server" posts to /v1/edit and /v1/generate; "in this browser" loads the
+// bundle from the server once (each file it uses checked against the manifest's sha256) into the
+// JavaScript runtime (/web/, onnxruntime-web in a Web Worker), then edits and generates locally,
+// with no request to the server. Its modules are imported only when that mode is chosen.
+// `window.qkPage` drives the in-browser runtime from a script (benchmarks/browser_parity.py).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -15,6 +21,10 @@ const state = {
   scale: 1,      // canvas pixels per source pixel
   result: null,  // {blob, url, label} of the last edit
   limits: null,
+  info: null,    // /healthz
+  mode: "server",
+  local: null,   // {client, info}: the bundle loaded in this browser
+  sample: null,  // Promise of the sample scene {meta, blob}, fetched once
 };
 
 // ----------------------------------------------------------------------------- status
@@ -25,8 +35,13 @@ function setState(name, message, isError) {
   status.textContent = message || "";
   status.className = isError ? "error" : "";
   const busy = name === "busy" || name === "loading";
-  for (const id of ["edit", "generate", "sample", "undo", "apply", "clear-box"]) $(id).disabled = busy;
+  for (const id of ["edit", "generate", "sample", "undo", "apply", "clear-box", "load-bundle", "web-backend",
+    "mode-server", "mode-browser"]) $(id).disabled = busy;
   $("file").disabled = busy;
+  if (!busy && state.info && !state.info.web?.available) {
+    $("mode-browser").disabled = true;
+    $("load-bundle").disabled = true;
+  }
   if (!busy) {
     $("edit").disabled = !state.image;
     $("undo").disabled = state.history.length < 2;
@@ -82,6 +97,10 @@ async function showCurrent() {
 async function setSource(blob, label, { reset = true, box = null } = {}) {
   if (state.limits && blob.size > state.limits.max_upload_bytes) {
     throw new Error(`this file is ${blob.size} bytes; the server takes at most ${state.limits.max_upload_bytes}`);
+  }
+  if (state.mode === "browser") { // format and size from the header, before the browser decodes it
+    const { inspectImage } = await import("/web/image.js");
+    inspectImage(new Uint8Array(await blob.arrayBuffer()), { maxPixels: state.limits.max_pixels, what: label });
   }
   const entry = { blob, url: URL.createObjectURL(blob), label };
   if (reset) {
@@ -151,7 +170,7 @@ function onPointerUp(event) {
 const STAGES = [
   ["queue_wait", "queue wait"], ["decode", "decode upload"], ["preprocess", "preprocess"],
   ["image_encoder", "image encoder"], ["text_encoder", "text encoder"], ["gateway", "query gateway"],
-  ["cmg", "cross-modal gate"], ["decoder", "decoder"], ["image_decoder", "image decoder"],
+  ["cmg", "cross-modal gate"], ["decoder_cond", "decoder conditioning"], ["decoder", "decoder"], ["image_decoder", "image decoder"],
   ["source_decoder", "source decoder"], ["postprocess", "postprocess"], ["total", "runtime total"],
   ["encode", "encode PNG"], ["server_total", "server total"],
 ];
@@ -166,7 +185,8 @@ function showTimings(t, roundTripMs) {
   rows.push(["round trip (this page)", roundTripMs, true]);
   if ("total" in t) {
     const extra = roundTripMs - t.total;
-    rows.push([`HTTP + page overhead (${((100 * extra) / t.total).toFixed(1)} %)`, extra, false]);
+    const what = state.mode === "browser" ? "worker + page overhead" : "HTTP + page overhead";
+    rows.push([`${what} (${((100 * extra) / t.total).toFixed(1)} %)`, extra, false]);
   }
   const body = $("timings").tBodies[0];
   body.replaceChildren(...rows.map(([label, ms, sum]) => {
@@ -217,10 +237,55 @@ function optionalNumber(id) {
   return value === "" ? null : value;
 }
 
+// the form's steps and seed for the in-browser runtime, checked as the server checks them
+function localSettings() {
+  const steps = optionalNumber("steps"), seed = optionalNumber("seed");
+  const out = { seed: seed === null ? "0" : seed };
+  if (steps !== null) {
+    const n = Number(steps);
+    if (!Number.isInteger(n) || n < 1 || n > state.limits.max_steps) {
+      throw new Error(`steps ${steps}: must be a whole number from 1 to ${state.limits.max_steps}`);
+    }
+    out.steps = n;
+  }
+  if (!/^\d+$/.test(out.seed)) throw new Error(`seed ${out.seed}: must be a whole number from 0 to 2**64 - 1`);
+  return out;
+}
+
+function localClient() {
+  if (!state.local) throw new Error("the bundle is not loaded in this browser; press 'Load the bundle'");
+  return state.local.client;
+}
+
+async function showResult(blob, timings, gate, roundTrip0, extra) {
+  const url = URL.createObjectURL(blob);
+  const img = $("result");
+  img.src = url;
+  await img.decode();
+  const roundTripMs = performance.now() - roundTrip0;
+  if (state.result) URL.revokeObjectURL(state.result.url);
+  state.result = { blob, url, label: extra.instruction + (state.box ? ` [${state.box.join(",")}]` : "") };
+  showTimings(timings, roundTripMs);
+  showGate(gate);
+  window.qkLast = { roundTripMs, timings, box: state.box, width: extra.width, height: extra.height, mode: state.mode,
+    backend: extra.backend };
+  return roundTripMs;
+}
+
 async function runEdit() {
   const instruction = $("instruction").value;
   if (!instruction.trim()) throw new Error("type an instruction first, e.g. 'make the red circle blue'");
   const current = state.history[state.history.length - 1];
+  if (state.mode === "browser") {
+    const client = localClient();
+    const settings = localSettings();
+    const t0 = performance.now();
+    const r = await client.edit({ image: await current.blob.arrayBuffer(), instruction, box: state.box, ...settings });
+    const rt = await showResult(new Blob([r.png], { type: "image/png" }), r.timings, r.gate, t0,
+      { instruction, width: r.width, height: r.height, backend: r.backend });
+    const warn = r.warnings.length ? ` (${r.warnings.join("; ")})` : "";
+    return `edited in this browser in ${r.timings.total.toFixed(0)} ms (round trip ${rt.toFixed(0)} ms) on ${r.backend}${warn}`;
+  }
   const form = new FormData();
   form.append("image", current.blob, "source.png");
   form.append("instruction", instruction);
@@ -247,6 +312,12 @@ async function runEdit() {
 async function runGenerate() {
   const prompt = $("prompt").value;
   if (!prompt.trim()) throw new Error("type a prompt first, e.g. 'a large red circle at the top left'");
+  if (state.mode === "browser") {
+    const r = await localClient().generate({ prompt, ...localSettings() });
+    await setSource(new Blob([r.png], { type: "image/png" }), `generated: ${prompt}`);
+    window.qkLast = { timings: r.timings, width: r.width, height: r.height, mode: state.mode, backend: r.backend };
+    return `generated in this browser in ${r.timings.total.toFixed(0)} ms on ${r.backend}`;
+  }
   const form = new FormData();
   form.append("prompt", prompt);
   const steps = optionalNumber("steps"), seed = optionalNumber("seed");
@@ -257,11 +328,21 @@ async function runGenerate() {
   return `generated in ${answer.timings_ms.total.toFixed(0)} ms`;
 }
 
+function fetchSample() { // once: in-browser mode keeps working with the network gone
+  if (!state.sample) {
+    state.sample = Promise.all([
+      fetch("/static/sample.json").then((r) => r.json()),
+      fetch("/static/sample.png").then((r) => r.blob()),
+    ]).catch((err) => {
+      state.sample = null;
+      throw err;
+    });
+  }
+  return state.sample;
+}
+
 async function runSample() {
-  const [meta, png] = await Promise.all([
-    fetch("/static/sample.json").then((r) => r.json()),
-    fetch("/static/sample.png").then((r) => r.blob()),
-  ]);
+  const [meta, png] = await fetchSample();
   await setSource(png, "sample scene", { box: meta.box });
   $("instruction").value = meta.instruction;
   return `sample loaded with a suggested instruction and box: ${meta.instruction}, ${meta.box.join(",")}`;
@@ -288,6 +369,57 @@ async function runUndo() {
   return "undone";
 }
 
+// ----------------------------------------------------------------------------- in this browser
+
+function describeLocal(info) {
+  const o = info.openTimings, s = (ms) => (ms / 1000).toFixed(1);
+  return `in this browser: ${info.backend} (${info.backendReason}); ${info.threadsWhy}; ${info.precision} bundle loaded in ` +
+    `${s(o.total)} s (fetch ${s(o.fetch)} s, sha256 ${s(o.verify)} s, sessions ${s(o.sessions)} s)`;
+}
+
+async function loadBundle() {
+  const web = state.info.web;
+  if (!web.available) throw new Error(`the in-browser mode is off on this server: ${web.reason}`);
+  if (state.local) {
+    state.local.client.terminate();
+    state.local = null;
+  }
+  $("runtime-info").textContent = "";
+  $("runtime-info").className = "";
+  const { RuntimeClient } = await import("/web/client.js");
+  const client = new RuntimeClient(web.worker_url);
+  const progress = (p) => {
+    if (p.stage === "manifest") setState("loading", "fetching the bundle's manifest…");
+    else if (p.stage === "file") setState("loading", `fetching and checking ${p.file} (${p.index + 1} of ${p.count})…`);
+    else if (p.stage === "sessions") setState("loading", `starting onnxruntime-web (${p.backend})…`);
+  };
+  let info;
+  try {
+    const [opened] = await Promise.all([
+      client.open({ bundleUrl: web.bundle_url, ortUrl: web.ort_url, backend: $("web-backend").value,
+        maxPixels: state.limits.max_pixels }, progress),
+      fetchSample(),
+    ]);
+    info = opened;
+  } catch (err) {
+    client.terminate();
+    $("runtime-info").textContent = "in this browser: not loaded";
+    $("runtime-info").className = "error";
+    throw new Error(`the bundle could not be loaded in this browser: ${err.message}`);
+  }
+  state.local = { client, info };
+  $("runtime-info").textContent = describeLocal(info);
+  return `bundle loaded; edits and generations now run in this browser (${info.backend})`;
+}
+
+async function runMode() {
+  const mode = $("mode-browser").checked ? "browser" : "server";
+  state.mode = mode;
+  if (mode === "server") return "edits and generations run on the server";
+  if (state.local) return describeLocal(state.local.info);
+  return loadBundle();
+}
+
 function action(fn) {
   return async () => {
     setState("busy", "working…");
@@ -299,6 +431,21 @@ function action(fn) {
     }
   };
 }
+
+// for scripts (benchmarks/browser_parity.py): the mode's runtime on PNG bytes, without the form
+window.qkPage = {
+  async edit({ png, instruction, box = null, seed = "0", steps = null }) {
+    const t0 = performance.now();
+    const r = await localClient().edit({ image: png, instruction, box, seed: String(seed), ...(steps ? { steps } : {}) });
+    return { ...r, png: Array.from(new Uint8Array(r.png)), roundTripMs: performance.now() - t0 };
+  },
+  async generate({ prompt, seed = "0", steps = null }) {
+    const t0 = performance.now();
+    const r = await localClient().generate({ prompt, seed: String(seed), ...(steps ? { steps } : {}) });
+    return { ...r, png: Array.from(new Uint8Array(r.png)), roundTripMs: performance.now() - t0 };
+  },
+  info: () => state.local && state.local.info,
+};
 
 async function init() {
   const canvas = $("source");
@@ -312,9 +459,20 @@ async function init() {
   $("file").addEventListener("change", action(runUpload));
   $("apply").addEventListener("click", action(runApply));
   $("undo").addEventListener("click", action(runUndo));
+  $("mode-server").checked = true; // a reload starts on the server, whatever the browser restored
+  $("mode-server").addEventListener("change", action(runMode));
+  $("mode-browser").addEventListener("change", action(runMode));
+  $("load-bundle").addEventListener("click", action(async () => {
+    $("mode-browser").checked = true;
+    state.mode = "browser";
+    return loadBundle();
+  }));
+  $("web-backend").addEventListener("change", action(async () => (state.mode === "browser" ? loadBundle() : "")));
   try {
     const info = await (await fetch("/healthz")).json();
+    state.info = info;
     state.limits = info.limits;
+    if (!info.web?.available) $("runtime-info").textContent = `in this browser: off (${info.web ? info.web.reason : "not offered"})`;
     $("steps").max = info.limits.max_steps;
     $("steps").placeholder = `default ${info.default_steps}`;
     $("server-info").textContent =
