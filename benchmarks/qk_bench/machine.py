@@ -73,7 +73,9 @@ def _git() -> dict:
     def run(*args):
         r = subprocess.run([git, "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=20, check=False)
         return r.stdout.strip() if r.returncode == 0 else None
-    return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    # the checkout's date, not its hash: result files name the machine and the date (history is git's)
+    return {"commit_date": run("show", "-s", "--format=%cs", "HEAD"),
+            "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
 def describe(machine_id: str) -> dict:
