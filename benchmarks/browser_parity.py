@@ -22,7 +22,6 @@ import datetime
 import io
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -34,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from qk_bench.machine import cpu_model
+from qk_runtime.backend import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "cpu-2core" / "browser.json"
@@ -47,21 +49,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _cpu_flags() -> str:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "unknown"
+    flags = cpu_flags()
     return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags) or "none of avx2 / avx512"
 
 
@@ -234,7 +223,7 @@ def main(argv=None) -> int:
         raise SystemExit(ort_web.reason)
     load = os.getloadavg()[0]
     result = {"date": datetime.date.today().isoformat(), "command": "python benchmarks/browser_parity.py " + " ".join(argv or sys.argv[1:]),
-              "machine": {"cpu": _cpu_name(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
+              "machine": {"cpu": cpu_model(), "cpu_flags": _cpu_flags(), "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
                           "onnxruntime_web": ort_web.version, "load_average_at_start": round(load, 2),
                           "note": "shared with a training run" if load > 1.0 else "idle"},
               "bundles": {}}

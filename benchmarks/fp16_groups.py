@@ -21,12 +21,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from qk_bench.machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -83,16 +84,6 @@ def measure(checkpoint: Path, graphs: list[str] | None, variants: dict[str, tupl
     return rows
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def markdown(result: dict) -> str:
     variants = list(next(iter(result["graphs"].values())))
     lines = [f"# FP16 float32 groups against torch FP32 ({result['machine']}, {result['date']})", "",
@@ -124,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     rows = measure(args.model, graphs, VARIANTS)
     result = {"checkpoint": str(args.model.resolve().relative_to(REPO)) if args.model.resolve().is_relative_to(REPO) else str(args.model),
-              "machine": f"{args.machine} ({cpu_name()}, {os.cpu_count()} cores)",
+              "machine": f"{args.machine} ({cpu_model()}, {os.cpu_count()} cores)",
               "date": datetime.date.today().isoformat(), "variants": {k: list(v) for k, v in VARIANTS.items()},
               "graphs": rows, "seconds": round(time.perf_counter() - t0, 1)}
     out = REPO / "benchmarks" / "results" / args.machine

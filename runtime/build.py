@@ -28,14 +28,12 @@ TensorRT 10 Python API through Polygraphy 0.53.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from .bundle import GraphInfo, open_bundle
-from .engines import TIMING_CACHE, cache_key, default_engine_dir, engine_precision, write_engines_json
+from .engines import TIMING_CACHE, atomic_write_with, cache_key, default_engine_dir, engine_precision, write_engines_json
 from .errors import BackendUnavailable, QKRuntimeError
 from .files import check_output
 
@@ -79,26 +77,6 @@ def graph_loaders(info: GraphInfo, precision: str, *, tf32: bool = True, timing_
     return network, config
 
 
-def _written_atomically(path: Path, write) -> None:
-    """`write(file)` into a temporary file beside `path` (Polygraphy's savers take file objects
-    and fsync them), then the rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        with os.fdopen(fd, "w+b") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_engines(bundle_dir: str | Path, out: str | Path | None = None, *, timing_cache: str | Path | None = None,
                   log=print) -> Path:
     """Build one engine per graph of the bundle; returns the engine folder."""
@@ -133,10 +111,10 @@ def build_engines(bundle_dir: str | Path, out: str | Path | None = None, *, timi
             def save_cache(cache_file):
                 SaveBytes(ptrt.EngineBytesFromNetwork(parsed, config=config, save_timing_cache=cache_file), f)()
 
-            _written_atomically(cache_path, save_cache)  # the cache this build extended, then the engine's rename
+            atomic_write_with(cache_path, save_cache)  # the cache this build extended, then the engine's rename
 
         try:
-            _written_atomically(out / plan, save_engine)
+            atomic_write_with(out / plan, save_engine)
         except PolygraphyException as exc:
             raise QKRuntimeError(f"TensorRT failed to build an engine for {info.path} ({str(exc).strip()}; "
                                  f"see its log above)") from None

@@ -32,6 +32,11 @@ def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
     return None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), or what `platform` knows."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
 def _mem_total_gb() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -82,7 +87,7 @@ def describe(machine_id: str) -> dict:
     flags = cpu_flags()
     return {
         "id": machine_id,
-        "cpu_model": _cpuinfo_field("model name") or platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "cpu_flags_key": [f for f in KEY_FLAGS if f in flags],
