@@ -49,7 +49,12 @@ EDIT_KEY, GEN_KEY = "edit_success_strict", "gen_accuracy"  # the figures minutes
 
 
 def load_recipes(path: Path = RECIPES) -> dict[str, dict]:
-    return yaml.safe_load(Path(path).read_text())
+    """The recipes by name (keys starting with "_" are notes, not recipes)."""
+    return {k: v for k, v in yaml.safe_load(Path(path).read_text()).items() if not k.startswith("_")}
+
+
+def untried_levers(path: Path = RECIPES) -> list[str]:
+    return list(yaml.safe_load(Path(path).read_text()).get("_not_tried") or [])
 
 
 def recipe_overrides(recipe: dict, total_steps: int | None = None, other_code: bool = False) -> list[str]:
@@ -231,7 +236,7 @@ def _fig(v, fmt="{:.3f}"):
     return "–" if v is None else fmt.format(v)
 
 
-def table(folder: Path, machine: str) -> str:
+def table(folder: Path, machine: str, recipes_path: Path = RECIPES) -> str:
     ref_path = folder / "reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else None
     times = json.loads((folder / "step_times.json").read_text()) if (folder / "step_times.json").exists() else {}
@@ -257,6 +262,14 @@ def table(folder: Path, machine: str) -> str:
                         f" / {_fig(p.get(GEN_KEY))} / {_fig(p['val_loss'], '{:.4f}')}" for p in d["points"])
         lines.append(f"| {d['recipe']} | {d['what']} | {d['budget_minutes']:g} min | {pts} | "
                      f"{_fig(d.get('minutes_to_reference'), '{:.0f}')} | {_fig(d.get('baseline_minutes'), '{:.0f}')} |")
+    recipes = load_recipes(recipes_path)
+    verdicts = [(k, r["verdict"]) for k, r in recipes.items() if r.get("verdict")]
+    if verdicts:
+        lines += ["", "## The levers: kept or dropped, and why", "", "| recipe | verdict |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in verdicts]
+    untried = untried_levers(recipes_path)
+    if untried:
+        lines += ["", "Not yet screened at an equal budget: " + "; ".join(untried) + "."]
     md = "\n".join(lines) + "\n"
     (folder / "train_speed.md").write_text(md)
     return md
@@ -318,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                            work, args.n, args.gen_n, folder, args.machine, base)
         print(f"{args.recipe}: minutes to reference {doc['minutes_to_reference']}")
     if args.table or args.recipe or args.reference:
-        print(table(folder, args.machine))
+        print(table(folder, args.machine, args.recipes))
     return 0
 
 

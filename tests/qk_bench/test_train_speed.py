@@ -43,3 +43,19 @@ def test_a_recipe_trains_for_its_budget_and_writes_its_curve(tmp_path):
 def test_unknown_recipe_is_named(tmp_path):
     r = _run("--recipe", "nope", "--results", str(tmp_path))
     assert r.returncode == 2 and "unknown recipe 'nope'" in r.stderr
+
+
+def test_the_table_gives_each_levers_verdict_and_the_untried_ones(tmp_path):
+    recipes = tmp_path / "recipes.yaml"
+    recipes.write_text('fast:\n  what: a lever\n  preset: tiny\n  set: []\n  verdict: "dropped: no gain at 8 minutes"\n'
+                       'plain:\n  what: no verdict yet\n  preset: tiny\n  set: []\n'
+                       '_not_tried:\n  - registers\n  - patch 1\n')
+    (tmp_path / "results").mkdir()
+    r = _run("--table", "--recipes", str(recipes), "--results", str(tmp_path / "results"))
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "results" / "train_speed.md").read_text()
+    assert "| fast | dropped: no gain at 8 minutes |" in md and "| plain |" not in md
+    assert "Not yet screened at an equal budget: registers; patch 1." in md
+    # a notes key is not a recipe
+    r = _run("--recipe", "_not_tried", "--recipes", str(recipes), "--results", str(tmp_path / "results"))
+    assert r.returncode == 2 and "unknown recipe '_not_tried'" in r.stderr
