@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from qk_runtime.contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS,
-                                 TOKENIZER)
+from qk_runtime.contract import (COMPOSITE_FORMAT_VERSION, FEW_STEP_FIELDS, FEW_STEP_FORMAT_VERSION, FORMAT_VERSION,
+                                 MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS, TOKENIZER)
 from qk_train import checkpoint as ckpt
 from qk_train.config import ConfigError
 from qk_train.models.unified import QKModel
@@ -32,7 +32,7 @@ from qk_train.pipeline import Pipeline, active_token_indices
 
 from . import __version__
 from .exporter import cleanup_tool, export_onnx, share_weights
-from .graphs import model_dims, model_specs, sample_inputs, wrap
+from .graphs import bundle_format, has_step_size, model_dims, model_specs, sample_inputs, wrap
 from .parity import check_fp32, fp32_parity
 from .trt_check import require_ready
 from .trt_ops import OPSET_RANGE, TARGET
@@ -155,6 +155,13 @@ def sampler_settings(model: QKModel) -> dict:
     }
 
 
+def few_step_settings(model: QKModel) -> dict:
+    """The manifest's `few_step` entry (format 5, models with step-size conditioning): the step
+    counts the reference pipeline runs as shortcut steps, and what its sampler does
+    (`qk_runtime.contract.FEW_STEP_FIELDS`)."""
+    return {"steps": list(Pipeline(model).few_step_steps), **FEW_STEP_FIELDS}
+
+
 def composite_settings(model: QKModel) -> dict:
     """The manifest's `composite` entry: the reference pipeline's compositing (its defaults)."""
     return Pipeline(model).composite.to_dict()
@@ -208,7 +215,7 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
                   opset: int = 20, calib_samples: int = 64, window: int | None = None, command: str | None = None,
                   progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None,
-                  format_version: int = FORMAT_VERSION, int8_float: tuple[str, ...] | None = None,
+                  format_version: int | None = None, int8_float: tuple[str, ...] | None = None,
                   int8_strict: bool = True, fp16: bool = False, fp16_float: tuple[str, ...] | None = None) -> Path:
     """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
 
@@ -216,9 +223,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     of its own (the manifest points at it by relative path and records its sha256 and precision),
     so that bundles of one model shipped together store the encoder once.
 
-    `format_version`: an older bundle format (1 or 2: no decoder_cond, the steps take the text;
-    1 to 3: no `composite` entry, runtimes composite by the gate alone), for checking that runtimes
-    still read what earlier versions wrote; the CLI always writes the current one.
+    `format_version`: None (the CLI) writes `graphs.bundle_format(model)`: 5 for a model with
+    step-size conditioning (its decoders take `step_size`, the manifest has `few_step`), else 4. An
+    older bundle format (1 or 2: no decoder_cond, the steps take the text; 1 to 3: no `composite`
+    entry, runtimes composite by the gate alone) is for checking that runtimes still read what
+    earlier versions wrote.
 
     `int8_float`: the groups of layers an INT8 bundle keeps in float (`qk_export.quantize.FLOAT_GROUPS`;
     default `DEFAULT_FLOAT`, () quantizes every MatMul/Gemm with a weight). `int8_strict` False
@@ -234,8 +243,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     check_out_path(out, checkpoint, text_encoder_from)
     model = load_model(checkpoint, sparse_attn, window)
     shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
+    if format_version is None:
+        format_version = bundle_format(model)
     if not MIN_FORMAT_VERSION <= format_version <= FORMAT_VERSION:
         raise ExportError(f"format_version={format_version}; this export writes {MIN_FORMAT_VERSION}..{FORMAT_VERSION}")
+    if has_step_size(model) != (format_version >= FEW_STEP_FORMAT_VERSION):
+        raise ExportError(f"format_version={format_version}: a model {'with' if has_step_size(model) else 'without'} "
+                          f"step-size conditioning (decoder.step_size_cond) is written as format {bundle_format(model)}; "
+                          f"leave format_version out")
     specs = model_specs(model, region=sparse_attn == "region", format_version=format_version)
     log = (lambda msg: print(f"qk-export: {msg}", file=sys.stderr)) if progress else (lambda msg: None)
     torch.manual_seed(0)
@@ -286,6 +301,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
                        for n, s in specs.items()},
             "sampler": sampler_settings(model),
             **({"composite": composite_settings(model)} if format_version >= COMPOSITE_FORMAT_VERSION else {}),
+            **({"few_step": few_step_settings(model)} if has_step_size(model) else {}),
             "files": {},
             "parity": report,
             "quantization": quantization,

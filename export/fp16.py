@@ -6,7 +6,7 @@ Every node computes in float16 unless a float group keeps it in float32 (`FLOAT_
 |---|---|
 | `norm` | LayerNormalization and the other normalisation ops |
 | `softmax` | Softmax, LogSoftmax |
-| `time` | the timestep embedding (`/t_embed/`: sinusoids and their MLP) |
+| `time` | the timestep embedding (`/t_embed/`: sinusoids and their MLP), and the step-size one (`/d_embed/`) |
 | `gating` | the step's own arithmetic outside the network's modules: CMG gating and the back-to-source velocity `(x - source) / max(sigma, 1e-3)` |
 
 Graph inputs and outputs stay float32, so a bundle's tensor contract (and every runtime's feeds)
@@ -51,7 +51,7 @@ def keeps_float(node: onnx.NodeProto, groups: tuple[str, ...], graph: str = "") 
         return True
     if "softmax" in groups and node.op_type in SOFTMAX_OPS:
         return True
-    if "time" in groups and "/t_embed/" in node.name:
+    if "time" in groups and ("/t_embed/" in node.name or "/d_embed/" in node.name):
         return True
     # the decoder wrappers' own ops are named at the top level ("/Sub", "/Clip"); the DiT's by module path
     return ("gating" in groups and graph in GATED_GRAPHS and node.name.startswith("/")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from qk_runtime.contract import FORMAT_VERSION, Dims, GraphSpec, graph_specs
+from qk_runtime.contract import FEW_STEP_FORMAT_VERSION, Dims, GraphSpec, graph_specs
 from qk_train.models.layers import patchify, unpatchify
 from qk_train.models.unified import SIGMA_MIN, QKModel
 
@@ -30,9 +30,21 @@ def model_dims(model: QKModel) -> Dims:
     )
 
 
-def model_specs(model: QKModel, region: bool, format_version: int = FORMAT_VERSION) -> dict[str, GraphSpec]:
+def has_step_size(model: QKModel) -> bool:
+    """Whether the model's DiT takes the sampler's step size (few-step sampling, bundle format 5)."""
+    return model.cfg.decoder.step_size_cond
+
+
+def bundle_format(model: QKModel) -> int:
+    """The format a bundle of `model` is written in: 5 with the step-size input, else 4 (so that a
+    model without it gives the bundle every runtime of format 4 reads)."""
+    return FEW_STEP_FORMAT_VERSION if has_step_size(model) else FEW_STEP_FORMAT_VERSION - 1
+
+
+def model_specs(model: QKModel, region: bool, format_version: int | None = None) -> dict[str, GraphSpec]:
     return graph_specs(model_dims(model), gateway=model.gateway is not None, gate=model.cmg is not None, region=region,
-                       format_version=format_version)
+                       format_version=bundle_format(model) if format_version is None else format_version,
+                       step_size=has_step_size(model))
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -121,7 +133,8 @@ def _conditioning(a: dict) -> dict:
 
 
 class DecoderGraph(_Graph):
-    """One denoising step: the DiT's velocity gated by the CMG's map (`QKModel.gated_velocity`)."""
+    """One denoising step: the DiT's velocity gated by the CMG's map (`QKModel.gated_velocity`).
+    Format 5 (a model with step-size conditioning) also takes `step_size` (B,)."""
 
     def __init__(self, model: QKModel, spec: GraphSpec):
         super().__init__(spec)
@@ -130,7 +143,7 @@ class DecoderGraph(_Graph):
     def forward(self, *inputs):
         a = self.named(inputs)
         v = self.decoder(a["x"], a["sigma"], source=a["source"], region=a["region"], gate_map=a["gate_map"],
-                         **_conditioning(a))  # (B, C, h, w)
+                         step_size=a.get("step_size"), **_conditioning(a))  # (B, C, h, w)
         return QKModel.gated_velocity(v, a["x"], a["source"], a["sigma"], a["gate_map"])
 
 
@@ -149,7 +162,7 @@ class DecoderRegionGraph(_Graph):
         x, sigma, source, gate_map, active = a["x"], a["sigma"], a["source"], a["gate_map"], a["active"]
         B, C, h, w = x.shape
         v_active = self.decoder(x, sigma, source=source, region=a["region"], gate_map=gate_map, active=active,
-                                **_conditioning(a))  # (B, M, C*p*p)
+                                step_size=a.get("step_size"), **_conditioning(a))  # (B, M, C*p*p)
         back = (x - source) / sigma.clamp_min(SIGMA_MIN)[:, None, None, None]  # (B, C, h, w)
         tokens = patchify(back, self.patch)  # (B, N, C*p*p)
         index = active[:, :, None].expand(-1, -1, tokens.shape[-1])  # (B, M, C*p*p)
@@ -183,7 +196,7 @@ def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: 
 
     batch: default the profile's max (3 for the guidance graphs); active: default the
     profile's opt (a quarter of the tokens); text_tokens: default the profile's max. Token ids lie in the vocabulary and start with
-    [CLS]; masks have leading ones; sigma lies in (0, 1]; masks and flags are 0/1.
+    [CLS]; masks have leading ones; sigma lies in (0, 1], step_size in [0, 1); masks and flags are 0/1.
     """
     ranges = dict(spec.axis_ranges)
     b = batch or ranges["batch"][2]
@@ -218,6 +231,8 @@ def sample_inputs(spec: GraphSpec, model: QKModel, gen: torch.Generator, batch: 
             out.append(mask.to(torch.int64 if t.dtype == "int64" else torch.float32))
         elif t.name == "sigma":
             out.append(1.0 - torch.rand(shape, generator=gen) * 0.999)  # (0.001, 1]
+        elif t.name == "step_size":
+            out.append(torch.rand(shape, generator=gen))  # [0, 1): a few-step sampler's sigma - sigma_next
         elif t.name in ("region", "gate_map"):
             out.append((torch.rand(shape, generator=gen) > 0.5).float())
         elif t.name == "flags":

@@ -61,7 +61,7 @@ OP_TYPES = ("MatMul", "Gemm")  # static Q/DQ of the other graphs
 # fragments per graph (the names are the torch module paths), and "attention", the score and value
 # MatMuls of two activations. benchmarks/int8_float_study.py measures what each group is worth.
 FLOAT_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
-    "adaln": {"decoder": ("/t_embed/", "/ada/")},  # timestep embedding and adaLN modulation
+    "adaln": {"decoder": ("/t_embed/", "/d_embed/", "/ada/")},  # timestep (and step-size) embedding, adaLN modulation
     "io": {"decoder": ("/x_embed/", "/source_embed/", "/final/"),  # input and output projections
            "gateway": ("/source_embed/", "/flag_embed/"),
            "cmg": ("/source_embed/", "/head/")},
@@ -128,10 +128,12 @@ def record_trajectories(model: QKModel, split: str, samples: int, first_index: i
     has_kontext = model.gateway is not None
     state = {"call": 0, "keep": set()}
 
-    def on_decoder(module, args):
+    def on_decoder(module, args, kwargs):
         x, sigma, text, text_mask, kontext, source, region, gate_map, flags = args[:9]
         if state["call"] in state["keep"] and len(rec.feeds.get("decoder", [])) < samples:
             feed = {"x": _np(x), "sigma": _np(sigma), "text": _np(text), "text_mask": _np(text_mask)}
+            if kwargs.get("step_size") is not None:  # a few-step model (bundle format 5)
+                feed["step_size"] = _np(kwargs["step_size"])
             if has_kontext:
                 feed["kontext"] = _np(kontext)
             feed.update(source=_np(source), region=_np(region), gate_map=_np(gate_map), flags=_np(flags))
@@ -147,7 +149,7 @@ def record_trajectories(model: QKModel, split: str, samples: int, first_index: i
         kontext, _, source, region = args
         rec.add("cmg", {"kontext": _np(kontext), "source": _np(source), "region": _np(region)})
 
-    handles = [model.decoder.register_forward_pre_hook(on_decoder)]
+    handles = [model.decoder.register_forward_pre_hook(on_decoder, with_kwargs=True)]
     if model.gateway is not None:
         handles.append(model.gateway.register_forward_pre_hook(on_gateway))
         if model.cmg is not None:

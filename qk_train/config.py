@@ -16,6 +16,9 @@ from typing import Any
 import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# the smallest shortcut step the model is trained for, in sigma units (2d of the finest level: its
+# two half-steps take the flow-matching velocity); trained step sizes are SHORTCUT_MIN_STEP * 2^k up to 1
+SHORTCUT_MIN_STEP = 1.0 / 64
 
 
 class ConfigError(ValueError):
@@ -69,6 +72,10 @@ class DecoderConfig:
     mlp_ratio: float = 4.0
     source_mode: str = "channel"  # "channel" (InstructPix2Pix) | "sequence" (FLUX.1 Kontext)
     attn_window: int = 0  # 0: dense self-attention; w: w x w token windows (sparse "window")
+    # the DiT also takes the sampler's step size d = sigma - sigma_next (0: the instantaneous
+    # velocity), embedded like sigma and added to its embedding; the embedding's output layer
+    # starts at zero, so switching it on in a trained checkpoint (--init-from) keeps its d = 0 outputs
+    step_size_cond: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,15 @@ class TrainConfig:
     log_every: int = 20
     init_from: str | None = None  # start the main stage from this checkpoint's weights (fine-tuning, warm restarts)
     codec_from: str | None = None  # a new run takes this checkpoint's trained autoencoder, frozen (no autoencoder stage)
+    # few-step sampling (shortcut models): this share of each batch regresses v(x, sigma, 2d) onto
+    # the mean of two d-steps of the model itself (stop-gradient), d a power of two from
+    # SHORTCUT_MIN_STEP / 2 to 1 / 2; the rest keeps the flow-matching loss at d = 0. Needs
+    # decoder.step_size_cond. 0: off
+    shortcut_fraction: float = 0.0
+    shortcut_weight: float = 1.0  # weight of the shortcut part's velocity loss against the flow-matching part's
+    # step counts the samplers run as shortcut steps (uniform sigmas, d = sigma - sigma_next): powers
+    # of two from 1 to 1 / SHORTCUT_MIN_STEP; any other count samples the instantaneous velocity (d = 0)
+    shortcut_steps: tuple[int, ...] = (1, 2, 4)
 
 
 # --------------------------------------------------------------------------- model config
@@ -310,6 +326,18 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
     need(len(cfg.data.buckets) == len(cfg.data.bucket_weights),
          "data.buckets and data.bucket_weights must have the same length")
     need(0.0 <= cfg.train.edit_fraction <= 1.0, "train.edit_fraction must lie in [0, 1]")
+    need(0.0 <= cfg.train.shortcut_fraction <= 1.0,
+         f"train.shortcut_fraction={cfg.train.shortcut_fraction} must lie in [0, 1] (0.25 is usual; 0 switches it off)")
+    need(cfg.train.shortcut_weight >= 0, f"train.shortcut_weight={cfg.train.shortcut_weight} must be >= 0")
+    need(cfg.train.shortcut_fraction == 0 or cfg.decoder.step_size_cond,
+         f"train.shortcut_fraction={cfg.train.shortcut_fraction} needs the step-size conditioning: set "
+         f"decoder.step_size_cond=true (or train.shortcut_fraction=0)")
+    most = round(1 / SHORTCUT_MIN_STEP)
+    levels = [2**k for k in range(most.bit_length()) if 2**k <= most]
+    need(bool(cfg.train.shortcut_steps) and all(n in levels for n in cfg.train.shortcut_steps)
+         and list(cfg.train.shortcut_steps) == sorted(set(cfg.train.shortcut_steps)),
+         f"train.shortcut_steps={list(cfg.train.shortcut_steps)} must be increasing step counts from {levels} "
+         f"(the step sizes shortcut training covers), e.g. [1, 2, 4]")
     need(cfg.train.batch_size >= 1 and cfg.train.steps >= 1, "train.batch_size and train.steps must be >= 1")
 
 

@@ -25,6 +25,15 @@ An edit, step by step (the runtimes follow the same order):
 
 `sparse="region"` runs the decoder on the active tokens plus a halo only, the token count
 rounded up to a bucket (a quarter, half, three quarters or all of the tokens).
+
+Few-step sampling (a model with `decoder.step_size_cond`, trained with `train.shortcut_fraction`):
+at the step counts of `few_step_steps` (default the model's `train.shortcut_steps`, e.g. 1, 2, 4)
+the sigmas are uniform, sigma_k = (n - k) / n (`qk_runtime.sampler.few_step_sigmas`, no shift),
+each decoder call gets step_size = sigma - sigma_next and the Euler step is
+x <- x + (sigma_next - sigma) v: the model predicts the mean velocity over the step. At every
+other step count (the default 20) the sampler is the ordinary one, with step_size 0 (the
+instantaneous velocity), so a 20-step edit runs as it would without the feature. Gating,
+back-to-source velocity and guidance are the same at every step count.
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ from PIL import Image
 
 from qk_runtime.composite import Composite, composite as composite_images
 from qk_runtime.noise import portable_normal
-from qk_runtime.sampler import edit_branches
+from qk_runtime.sampler import edit_branches, few_step_sigmas
 # the runtime's rule (buckets qk_runtime.contract.REGION_BUCKETS), so reference and runtimes run the same tokens
 from qk_runtime.session import active_token_indices
 
@@ -93,7 +102,7 @@ class Pipeline:
     def __init__(self, model: QKModel, *, steps: int = 20, text_guidance: float = 3.0,
                  image_guidance: float = 1.0, gate_threshold: float | None = 0.3, gen_guidance: float = 5.0,
                  composite: str = "changed", change_lo: float = CHANGE_LO, change_hi: float = CHANGE_HI,
-                 change_widen: int = CHANGE_WIDEN):
+                 change_widen: int = CHANGE_WIDEN, few_step_steps: tuple[int, ...] | None = None):
         self.model = model.eval()
         self.cfg = model.cfg
         self.steps = steps
@@ -104,6 +113,14 @@ class Pipeline:
         # the edit's compositing (module doc, step 5); composite="gate": every pixel inside m is the decoder's
         self.composite = (Composite(composite, change_lo, change_hi, change_widen) if composite == "changed"
                           else Composite(composite))
+        # step counts run as shortcut steps (module doc); () samples the instantaneous velocity at every count
+        self.step_size_cond = model.cfg.decoder.step_size_cond
+        if few_step_steps is None:
+            few_step_steps = model.cfg.train.shortcut_steps if self.step_size_cond else ()
+        if few_step_steps and not self.step_size_cond:
+            raise ValueError(f"few_step_steps={list(few_step_steps)} needs a model with decoder.step_size_cond; "
+                             f"this one samples the instantaneous velocity only (leave few_step_steps out)")
+        self.few_step_steps = tuple(int(n) for n in few_step_steps)
 
     # ------------------------------------------------------------------ helpers
 
@@ -117,6 +134,22 @@ class Pipeline:
         sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
         sched.set_timesteps(steps)  # sigmas: (steps + 1,), from 1 down to 1/1000, then 0
         return sched
+
+    def sampling(self, steps: int, batch: int):
+        """The denoising loop's schedule: per step, (sigma (batch,), the decoder's keyword arguments,
+        the Euler update x -> x_next given the guided velocity). The ordinary scheduler, or at a
+        few-step count the uniform sigmas with step_size = sigma - sigma_next (module doc)."""
+        if steps in self.few_step_steps:
+            sigmas = torch.from_numpy(few_step_sigmas(steps))  # (steps + 1,) float32, last 0
+            for i in range(steps):
+                d = sigmas[i] - sigmas[i + 1]  # float32, as the runtimes compute it
+                update = lambda v, x, i=i: x + (sigmas[i + 1] - sigmas[i]) * v  # noqa: E731
+                yield sigmas[i].expand(batch), {"step_size": d.expand(batch)}, update
+            return
+        sched = self.scheduler(steps)
+        extra = {"step_size": torch.zeros(batch)} if self.step_size_cond else {}
+        for i, t in enumerate(sched.timesteps):
+            yield sched.sigmas[i].to(torch.float32).expand(batch), extra, lambda v, x, t=t: sched.step(v, t, x).prev_sample
 
     def _noise(self, seed: int, h: int, w: int) -> torch.Tensor:
         return torch.from_numpy(portable_normal(seed, (1, self.model.codec.channels, h, w)))
@@ -149,12 +182,10 @@ class Pipeline:
         kontext = m.kontext(text, mask, zeros, region, flags)
         gate_map = torch.ones(2 * n, 1, h, w)  # m = 1: text-to-image changes everything
         x = torch.cat([self._noise(sd, h, w) for sd in seeds])
-        sched = self.scheduler(steps)
-        for i, t in enumerate(sched.timesteps):
-            sigma = sched.sigmas[i].to(torch.float32).expand(2 * n)
-            v = m.decoder(x.repeat(2, 1, 1, 1), sigma, text, mask, kontext, zeros, region, gate_map, flags)
+        for sigma, step_kw, update in self.sampling(steps, 2 * n):
+            v = m.decoder(x.repeat(2, 1, 1, 1), sigma, text, mask, kontext, zeros, region, gate_map, flags, **step_kw)
             v = v[n:] + s_txt * (v[:n] - v[n:])
-            x = sched.step(v, t, x).prev_sample
+            x = update(v, x)
         images = m.codec.decode(x)
         return [PipelineOutput(image=_to_uint8(images[k])) for k in range(n)]
 
@@ -231,14 +262,13 @@ class Pipeline:
             active = torch.from_numpy(idx)[None].expand(nb, -1)
 
         x = torch.cat([self._noise(sd, h, w) for sd in seeds])  # (n, C, h, w)
-        sched = self.scheduler(steps)
-        for i, t in enumerate(sched.timesteps):
-            sigma = sched.sigmas[i].to(torch.float32).expand(nb * n)
+        for sigma, step_kw, update in self.sampling(steps, nb * n):
             xb = x.repeat(nb, 1, 1, 1)
             if active is None:
-                v = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags)
+                v = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags, **step_kw)
             else:
-                v_tok = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags, active=active)
+                v_tok = m.decoder(xb, sigma, text, mask, kontext, sources, regions, gate_maps, flags, active=active,
+                                  **step_kw)
                 back = (xb - sources) / sigma.clamp_min(1e-3)[:, None, None, None]
                 v = _scatter_tokens(back, v_tok, active[0], p)
             v = QKModel.gated_velocity(v, xb, sources, sigma, gate_maps)
@@ -247,7 +277,7 @@ class Pipeline:
             else:
                 v_ti, v_ui, v_uu = v[:n], v[n:2 * n], v[2 * n:]
                 v = v_uu + s_img * (v_ui - v_uu) + s_txt * (v_ti - v_ui)
-            x = sched.step(v, t, x).prev_sample
+            x = update(v, x)
         decoded = m.codec.decode(x).numpy()  # (n, 3, S, S)
         src_dec, out = None, decoded
         if m.cmg is not None:  # outside the active region, and where the edit changed nothing, the source's own pixels

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -360,7 +361,8 @@ class Trainer:
         check_init_source(self.cfg, path)
         weights = ckpt.load_weights(path)
         own = self.model.saved_state()
-        missing = sorted(set(own) - set(weights))
+        added = added_parameters(self.cfg, from_dict(read_yaml(path / ckpt.CONFIG_FILE), where=str(path / ckpt.CONFIG_FILE)))
+        missing = sorted(k for k in set(own) - set(weights) if not (added and k.startswith(added)))
         unexpected = sorted(set(weights) - set(own))
         if missing or unexpected:
             raise ckpt.CheckpointError(
@@ -647,10 +649,20 @@ def check_init_source(cfg: ModelConfig, path: Path) -> None:
     src = from_dict(yaml.safe_load((path / ckpt.CONFIG_FILE).read_text()), where=str(path / ckpt.CONFIG_FILE))
     differ = [name for name in ("text", "codec", "gateway", "gate", "decoder")
               if getattr(src, name) != getattr(cfg, name)]
+    if differ == ["decoder"] and cfg.decoder.step_size_cond and dataclasses.replace(src.decoder, step_size_cond=True) == cfg.decoder:
+        return  # the step-size conditioning switched on: its new embedding starts at zero (`added_parameters`)
     if differ:
+        hint = (" (switching decoder.step_size_cond off again is not possible: its trained embedding would be "
+                "dropped)" if differ == ["decoder"] and src.decoder.step_size_cond and not cfg.decoder.step_size_cond else "")
         raise ConfigError(
-            f"--init-from {path}: its model differs from this run's in {differ}; train with the "
+            f"--init-from {path}: its model differs from this run's in {differ}{hint}; train with the "
             f"preset it was made with (its {ckpt.CONFIG_FILE} says name {src.name!r})")
+
+
+def added_parameters(cfg: ModelConfig, src: ModelConfig) -> tuple[str, ...]:
+    """Prefixes of the weights a run from a checkpoint of config `src` (`check_init_source`) may lack:
+    the step-size embedding when the run switches decoder.step_size_cond on."""
+    return ("decoder.d_embed.",) if cfg.decoder.step_size_cond and not src.decoder.step_size_cond else ()
 
 
 def main(argv: list[str] | None = None) -> int:

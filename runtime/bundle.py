@@ -3,7 +3,8 @@
 A bundle is ONNX graphs named by the export contract (`contract.py`), a `tokenizer.json`, and
 a `manifest.json` holding the model's dims, the graphs' tensor specs and TensorRT profiles, the
 sampler settings, the compositing (format 4's `composite`, `composite.py`; without it the gate
-alone), and a sha256 per file. `open_bundle` refuses anything it cannot run: another format or
+alone), the few-step sampling (format 5's `few_step`: the step counts whose decoders take
+`step_size`), and a sha256 per file. `open_bundle` refuses anything it cannot run: another format or
 version, a missing graph, a graph whose inputs differ from the contract, a `composite` entry it
 does not know or in a manifest older than format 4, or a file whose bytes differ from the hash
 the manifest recorded (re-export to fix).
@@ -27,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .composite import GATE_ONLY, Composite
-from .contract import (COMPOSITE_FORMAT_VERSION, FORMAT_VERSION, GOLDEN_FILES, LEGACY_REGION_BUCKETS, MANIFEST,
-                       MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs)
+from .contract import (COMPOSITE_FORMAT_VERSION, FEW_STEP_FIELDS, FEW_STEP_FORMAT_VERSION, FORMAT_VERSION, GOLDEN_FILES,
+                       LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs)
 from .errors import BundleError
 from .files import contained, path_parts, read_json
 
@@ -89,6 +90,15 @@ class SamplerConfig:
 
 
 @dataclass(frozen=True)
+class FewStep:
+    """Format 5's `few_step` (`contract.FEW_STEP_FIELDS`): the decoders take `step_size`; at these
+    step counts the sampler runs the uniform sigmas and feeds sigma - sigma_next, at any other
+    count the ordinary schedule and 0."""
+
+    steps: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: dict
@@ -100,6 +110,7 @@ class Bundle:
     tokenizer_path: Path
     files: dict[str, str]  # relative name -> sha256
     composite: Composite = GATE_ONLY  # how an edit's output meets its source (format 4's `composite`)
+    few_step: FewStep | None = None  # format 5's `few_step`: the decoders take step_size (None: they do not)
     paths: dict[str, Path] = field(default_factory=dict)  # relative name -> the checked, resolved file
     folders: tuple[Path, ...] = ()  # every folder this bundle reads files from (itself, a sibling's)
 
@@ -280,7 +291,8 @@ def _tensors(raw, where: str) -> tuple[TensorInfo, ...]:
         raise BundleError(f"{where}: tensors must be a list of {{name, dtype, shape}} ({exc!r}); {EXPORT_HINT}") from exc
 
 
-def _graphs(manifest: dict, dims: Dims, files: dict, paths: dict[str, Path], where: str) -> dict[str, GraphInfo]:
+def _graphs(manifest: dict, dims: Dims, files: dict, paths: dict[str, Path], where: str,
+            few_step: FewStep | None = None) -> dict[str, GraphInfo]:
     version = manifest["format_version"]
     raw = manifest["graphs"]
     if not isinstance(raw, dict):
@@ -289,7 +301,7 @@ def _graphs(manifest: dict, dims: Dims, files: dict, paths: dict[str, Path], whe
     if missing:
         raise BundleError(f"{where}: graphs {missing} are missing; {EXPORT_HINT}")
     expected = graph_specs(dims, gateway="gateway" in raw, gate="cmg" in raw, region="decoder_region" in raw,
-                           format_version=version)
+                           format_version=version, step_size=few_step is not None)
     missing = [g for g in expected if g not in raw]  # decoder_cond, from format 3 on
     if missing:
         raise BundleError(f"{where}: graphs {missing} are missing (format_version {version}); {EXPORT_HINT}")
@@ -385,6 +397,33 @@ def _composite(manifest: dict, where: str) -> Composite:
         raise BundleError(f"{where}: 'composite' {exc}; {EXPORT_HINT}") from exc
 
 
+def _few_step(manifest: dict, where: str) -> FewStep | None:
+    """The manifest's `few_step` entry (format 5 on); None without one (the decoders take no step_size)."""
+    if "few_step" not in manifest:
+        return None
+    version = manifest["format_version"]
+    if version < FEW_STEP_FORMAT_VERSION:
+        raise BundleError(f"{where}: 'few_step' needs format_version {FEW_STEP_FORMAT_VERSION} or newer (this manifest "
+                          f"has {version}, whose decoders take no step_size); {EXPORT_HINT}")
+    entry = manifest["few_step"]
+    want = sorted(("steps", *FEW_STEP_FIELDS))
+    if not isinstance(entry, dict) or sorted(entry) != want:
+        have = sorted(entry) if isinstance(entry, dict) else entry
+        raise BundleError(f"{where}: 'few_step' must be an object with exactly the keys {want}, has {have!r}; {EXPORT_HINT}")
+    for key, value in FEW_STEP_FIELDS.items():
+        kind = str if isinstance(value, str) else (int, float)
+        if isinstance(entry[key], bool) or not isinstance(entry[key], kind) or entry[key] != value:
+            raise BundleError(f"{where}: few_step.{key}={entry[key]!r}; this runtime runs only {value!r} (a newer "
+                              f"sampler? upgrade query-kontext, or {EXPORT_HINT})")
+    steps = entry["steps"]
+    if (not isinstance(steps, list) or not steps or len(steps) > MAX_STEPS
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_STEPS for n in steps)
+            or any(a >= b for a, b in zip(steps, steps[1:]))):
+        raise BundleError(f"{where}: few_step.steps={steps!r}; must be a non-empty list of increasing integer step counts "
+                          f"from 1 to {MAX_STEPS}; {EXPORT_HINT}")
+    return FewStep(tuple(steps))
+
+
 def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | None = None) -> Bundle:
     """Read and check a bundle folder. `verify=False` skips the sha256 of each file (not the rest).
     `root` (a qk-triton repository around a BLS model folder): the folder every named file must
@@ -396,7 +435,8 @@ def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | Non
     paths, folders = _file_paths(folder, manifest, where, Path(root) if root is not None else None)
     _check_files(folder, files, paths, verify)
     dims = _dims(manifest, where)
-    graphs = _graphs(manifest, dims, files, paths, where)
+    few_step = _few_step(manifest, where)
+    graphs = _graphs(manifest, dims, files, paths, where, few_step)
     if TOKENIZER not in files:
         raise BundleError(f"{where}: {TOKENIZER} is not listed in 'files'; {EXPORT_HINT}")
     precision = manifest["precision"]
@@ -418,6 +458,7 @@ def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | Non
         tokenizer_path=paths[TOKENIZER],
         files=dict(files),
         composite=_composite(manifest, where),
+        few_step=few_step,
         paths=paths,
         folders=folders,
     )

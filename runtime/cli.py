@@ -91,7 +91,9 @@ def save_json(data: dict, path: Path) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=None, help="bundle folder (default: the shipped engines/default/int8)")
     p.add_argument("--out", type=Path, required=True, help="output image (.png, .jpg, ...)")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the bundle's)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps (default: the bundle's); a few-step bundle (format 5) runs the counts its "
+                        "manifest's few_step lists, e.g. 4, with its shortcut sampler")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     p.add_argument("--backend", choices=CHOICES, default="auto", help="backend (default auto: the fastest available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime / OpenVINO (default: all cores)")

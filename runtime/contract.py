@@ -18,9 +18,23 @@ from dataclasses import dataclass
 # 4: the manifest's `composite` entry says how an edit's output is composited with its source
 # (`composite.py`: kind "gate", or "changed" with lo / hi / widen, which decodes the source latent
 # too); graphs as in 3. Bundles of formats 1-3 have no entry and composite by the gate only.
-FORMAT_VERSION = 4
+# 5: few-step sampling. A model trained with step-size conditioning (shortcut models) has one more
+# decoder input, `step_size` (B,) float32 (after `sigma`), in `decoder` and `decoder_region`, and
+# the manifest's `few_step` entry says at which step counts the sampler runs the uniform schedule
+# feeding step_size = sigma - sigma_next (`FEW_STEP_FIELDS`); every other count runs the ordinary
+# schedule with step_size 0. Only such models are written as 5: every other bundle stays 4.
+FORMAT_VERSION = 5
 # the first format whose manifest carries `composite`
 COMPOSITE_FORMAT_VERSION = 4
+# the first format whose decoders may take `step_size` (with the manifest's `few_step`)
+FEW_STEP_FORMAT_VERSION = 5
+# the manifest's `few_step` entry: `steps` (the step counts, increasing integers) and these fixed
+# values, which say what the sampler does (runtimes refuse other values):
+#   sigmas "uniform": at n steps sigma_k = (n - k) / n, k = 0..n, in float64 rounded to float32, no shift
+#   step_size "sigma - sigma_next": each step's decoder input, the float32 difference of the two
+#   other_step_size 0.0: at every other step count the ordinary schedule (with the sampler's shift)
+#     and step_size 0 (the instantaneous velocity)
+FEW_STEP_FIELDS = {"sigmas": "uniform", "step_size": "sigma - sigma_next", "other_step_size": 0.0}
 MIN_FORMAT_VERSION = 1
 # the decoder_cond outputs every step of an edit reads (format 3)
 STEP_CONDITION = ("cond_kv", "cond_bias", "cond_emb")
@@ -153,10 +167,13 @@ def _f(name: str, *shape) -> TensorSpec:
 
 
 def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: bool = False,
-                format_version: int = FORMAT_VERSION) -> dict[str, GraphSpec]:
+                format_version: int = FORMAT_VERSION, step_size: bool = False) -> dict[str, GraphSpec]:
     """The graphs of a bundle. `region` adds the sparse decoder that runs on active tokens only.
     `format_version` 1 describes older bundles, whose text encoder takes exactly `max_length`
-    tokens; 1 and 2 have no decoder_cond graph (their decoder steps take the text themselves)."""
+    tokens; 1 and 2 have no decoder_cond graph (their decoder steps take the text themselves).
+    `step_size` (format 5): the decoder steps take the sampler's step size after sigma."""
+    if step_size and format_version < FEW_STEP_FORMAT_VERSION:
+        raise ValueError(f"a step_size input needs format {FEW_STEP_FORMAT_VERSION} or newer, got {format_version}")
     B = "batch"
     S, C, h = d.image_size, d.latent_channels, d.latent_size
     batch = (B, (1, MAX_BATCH, MAX_BATCH))
@@ -199,7 +216,8 @@ def graph_specs(d: Dims, *, gateway: bool = True, gate: bool = True, region: boo
         specs["decoder_cond"] = GraphSpec(
             "decoder_cond", "decoder_cond.onnx", cond + kontext + (_f("flags", B, 2),), step_condition, (batch,),
         )
-        step_inputs = (_f("x", B, C, h, h), _f("sigma", B)) + step_condition + image_inputs + (_f("gate_map", B, 1, h, h),)
+        step_inputs = ((_f("x", B, C, h, h), _f("sigma", B)) + ((_f("step_size", B),) if step_size else ())
+                       + step_condition + image_inputs + (_f("gate_map", B, 1, h, h),))
     else:
         step_inputs = (
             (_f("x", B, C, h, h), _f("sigma", B)) + cond + kontext

@@ -19,7 +19,9 @@ The sampler reproduces `qk_train.pipeline.Pipeline` step for step (see its modul
    branches' text, kontext and flags into what every step reads (cross-attention keys and values);
 4. each step runs the decoder (its velocity already gated with m) on the branches, combines
    v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with
-   two branches) and takes an Euler step;
+   two branches) and takes an Euler step; a bundle with `few_step` (format 5) feeds the decoder
+   `step_size` too: at the step counts it lists the sigmas are uniform, (n - k) / n, and
+   step_size = sigma - sigma_next, at any other count the ordinary schedule and step_size 0;
    `sparse="region"` runs the region decoder on the active tokens plus a halo only;
 5. the image decoder decodes; outside m (nearest-upsampled to pixels) the source's own pixels
    are kept, and with the bundle's compositing `changed` (format 4's manifest entry `composite`)
@@ -52,7 +54,7 @@ from .contract import REGION_BUCKETS, STEP_CONDITION
 from .errors import BundleError, InputError
 from .inputs import check_box, check_text, check_threads, load_image, resize_rgb, scale_box
 from .noise import portable_normal
-from .sampler import FlowMatchEulerScheduler, edit_branches
+from .sampler import FlowMatchEulerScheduler, edit_branches, few_step_sigmas
 
 log = logging.getLogger("qk_runtime")
 
@@ -349,6 +351,25 @@ class EditSession:
         timings["decoder_cond"] = _ms(t0)
         return {k: out[k] for k in STEP_CONDITION}
 
+    def _schedule(self, steps: int) -> tuple[FlowMatchEulerScheduler, bool]:
+        """The session's scheduler set for `steps`, and whether this is a few-step run: the uniform
+        sigmas at a count the bundle's `few_step` lists, else the ordinary schedule."""
+        sched = self._scheduler
+        few = self.bundle.few_step is not None and steps in self.bundle.few_step.steps
+        if few:
+            sched.set_sigmas(few_step_sigmas(steps))
+        else:
+            sched.set_timesteps(steps)
+        return sched, few
+
+    def _step_feeds(self, sched: FlowMatchEulerScheduler, batch: int, few: bool) -> dict[str, np.ndarray]:
+        """The step's `sigma` (batch,), and `step_size` (batch,) where the decoders take it: sigma -
+        sigma_next at a few-step count (`few`), else 0."""
+        feeds = {"sigma": np.full(batch, sched.sigma, np.float32)}
+        if self.bundle.few_step is not None:
+            feeds["step_size"] = np.full(batch, sched.step_size if few else 0.0, np.float32)
+        return feeds
+
     def _edit(self, image, instruction, box, steps, text_guidance, image_guidance, seed, sparse) -> EditResult:
         t_total = time.perf_counter()
         cfg, be, S = self.bundle.sampler, self.backend, self.side
@@ -404,14 +425,13 @@ class EditSession:
             graph, extra, active_tokens = "decoder_region", {"active": np.repeat(idx[None], nb, axis=0)}, int(idx.size)
 
         x = portable_normal(seed, (1, C, h, h))
-        sched = self._scheduler
-        sched.set_timesteps(steps)
+        sched, few = self._schedule(steps)
         per_step = []
         fixed = {**step_cond, "source": sources, "region": regions, "gate_map": gate_maps, **extra}
         for _ in range(steps):
             t0 = time.perf_counter()
-            sigma = np.full(nb, sched.sigma, np.float32)
-            v = be.infer(graph, {"x": np.repeat(x, nb, axis=0), "sigma": sigma, **fixed})["velocity"]  # gated, (nb, C, h, w)
+            feeds = {"x": np.repeat(x, nb, axis=0), **self._step_feeds(sched, nb, few), **fixed}
+            v = be.infer(graph, feeds)["velocity"]  # gated, (nb, C, h, w)
             v = guided_velocity(v, s_txt, s_img)
             x = sched.step(v, x)
             per_step.append(_ms(t0))
@@ -462,13 +482,12 @@ class EditSession:
                  "gate_map": np.ones((2, 1, h, h), np.float32)}
 
         x = portable_normal(seed, (1, C, h, h))
-        sched = self._scheduler
-        sched.set_timesteps(steps)
+        sched, few = self._schedule(steps)
         per_step = []
         for _ in range(steps):
             t0 = time.perf_counter()
-            sigma = np.full(2, sched.sigma, np.float32)
-            v = be.infer("decoder", {"x": np.repeat(x, 2, axis=0), "sigma": sigma, **fixed})["velocity"]  # (2, C, h, w)
+            feeds = {"x": np.repeat(x, 2, axis=0), **self._step_feeds(sched, 2, few), **fixed}
+            v = be.infer("decoder", feeds)["velocity"]  # (2, C, h, w)
             v = v[1:2] + s * (v[0:1] - v[1:2])
             x = sched.step(v, x)
             per_step.append(_ms(t0))

@@ -114,3 +114,27 @@ def int8_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
             raise
         pytest.skip(f"qk_export refuses to write the tiny checkpoint in INT8 ({exc}); set QK_INT8_BUNDLE=DIR "
                     f"to run this test on an INT8 bundle made elsewhere")
+
+
+FEW_STEP_STEPS = 10  # shortcut fine-tuning of the tiny checkpoint: enough to move its step-size embedding off zero
+
+
+@pytest.fixture(scope="session")
+def few_step_checkpoint(tmp_path_factory, tiny_run) -> Path:
+    """The tiny checkpoint with the step-size conditioning switched on (`--init-from`), fine-tuned
+    with the shortcut objective (train.shortcut_fraction 0.5) for a few steps (read it, never write)."""
+    need_export()
+    from qk_train.train import Trainer, resolve_config
+
+    out = tmp_path_factory.mktemp("few_step_run")
+    cfg = resolve_config("tiny", ["decoder.step_size_cond=true", "train.shortcut_fraction=0.5",
+                                  f"train.init_from={tiny_run / 'final'}"], FEW_STEP_STEPS)
+    with one_torch_thread():
+        Trainer(cfg, out, progress=False).run()
+    return out / "final"
+
+
+@pytest.fixture(scope="session")
+def few_step_bundle(tmp_path_factory, few_step_checkpoint) -> Path:
+    """FP32 bundle (format 5) of `few_step_checkpoint` with the dense and the region decoder."""
+    return _export(tmp_path_factory, few_step_checkpoint, "few_step", int8=False, sparse_attn="region")

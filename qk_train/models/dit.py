@@ -10,6 +10,12 @@ decoder knows where it is meant to change the image.
 
 `active` (B, M) token indices run the blocks on those tokens only (the sparse `region` mode):
 the output then holds their velocities only, and the caller keeps the rest on the source path.
+
+With `step_size_cond` the DiT also takes the step size d (B,) in sigma units (the sampler's
+sigma - sigma_next; 0: the instantaneous velocity), embedded like sigma and added to sigma's
+embedding: a shortcut model (Frans et al. 2024) predicts the mean velocity over a step of size d.
+The embedding's output layer starts at zero, so a trained model with it switched on gives the
+same outputs as without, to the bit, until it is trained.
 """
 from __future__ import annotations
 
@@ -99,6 +105,10 @@ class DiT(nn.Module):
             self.source_embed = nn.Linear((C + 1) * p * p, D)  # source, region
             self.source_type = nn.Parameter(torch.zeros(D))
         self.t_embed = TimestepEmbedding(D)
+        if cfg.step_size_cond:
+            self.d_embed = TimestepEmbedding(D)  # the step size, embedded like sigma
+            nn.init.zeros_(self.d_embed.mlp[2].weight)
+            nn.init.zeros_(self.d_embed.mlp[2].bias)
         self.text_proj = nn.Linear(text_width, D)
         self.pool_proj = nn.Linear(text_width, D)
         self.flag_embed = nn.Linear(2, D)
@@ -119,13 +129,14 @@ class DiT(nn.Module):
         active: torch.Tensor | None = None,  # (B, M) token indices: run these tokens only
         *,
         cond: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,  # `condition`'s output, made beforehand
+        step_size: torch.Tensor | None = None,  # (B,) d in sigma units; None: 0 (needs `step_size_cond`)
     ) -> torch.Tensor:
         """One velocity prediction: `condition` (unless `cond` is given: then text, text_mask,
         kontext and flags are not read) then `step`. Exported graphs call this rather than
         `step`, so that their nodes keep the `/decoder/...` module names."""
         if cond is None:
             cond = self.condition(text, text_mask, kontext, flags)
-        return self.step(x, sigma, *cond, source, region, gate_map, active)
+        return self.step(x, sigma, *cond, source, region, gate_map, active, step_size=step_size)
 
     def condition(
         self,
@@ -163,8 +174,11 @@ class DiT(nn.Module):
         region: torch.Tensor,  # (B, 1, h, w)
         gate_map: torch.Tensor,  # (B, 1, h, w)
         active: torch.Tensor | None = None,  # (B, M) token indices: run these tokens only
+        *,
+        step_size: torch.Tensor | None = None,  # (B,) d in sigma units; None: 0 (needs `step_size_cond`)
     ) -> torch.Tensor:
-        """The DiT's velocity at x_t given the edit's `condition`."""
+        """The DiT's velocity at x_t given the edit's `condition`; with `step_size_cond`, the mean
+        velocity over a step of size `step_size` (0 or None: the instantaneous one)."""
         B, C, h, w = x.shape
         p, D = self.cfg.patch, self.cfg.width
         gh, gw = h // p, w // p
@@ -182,7 +196,13 @@ class DiT(nn.Module):
                 src = torch.gather(src, 1, active[:, :, None].expand(-1, -1, D))
             tokens = torch.cat([tokens, src], 1)  # (B, 2M, D)
 
-        c = self.t_embed(sigma) + cond_emb  # (B, D)
+        c = self.t_embed(sigma)  # (B, D)
+        if self.cfg.step_size_cond:
+            c = c + self.d_embed(torch.zeros_like(sigma) if step_size is None else step_size)  # exactly c while untrained
+        elif step_size is not None:
+            raise ValueError("step_size given to a DiT without step-size conditioning; set decoder.step_size_cond=true "
+                             "(and train it) or leave step_size out")
+        c = c + cond_emb
         window = self.cfg.attn_window if active is None and self.cfg.source_mode == "channel" else 0
         # one piece per block; a split (not slices) so that backward concatenates the pieces'
         # gradients instead of zero-filling a full-size buffer per block

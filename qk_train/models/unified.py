@@ -10,6 +10,7 @@ generation samples carry a caption only (no source, gate m = 1). Every batch mix
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 import yaml
 
 from .. import checkpoint as ckpt
-from ..config import ModelConfig, from_dict
+from ..config import SHORTCUT_MIN_STEP, ModelConfig, from_dict
 from .autoencoder import build_codec
 from .cmg import CrossModalGate
 from .dit import DiT
@@ -29,6 +30,18 @@ from .text_encoder import TextEmbedder, build_text_encoder, load_tokenizer, pret
 from tokenizers import Tokenizer
 
 SIGMA_MIN = 1e-3  # the source path's velocity (x_t - source) / sigma is taken at sigma >= this
+
+
+def shortcut_draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shortcut training points: the half-step d (n,), a power of two from SHORTCUT_MIN_STEP / 2 to
+    1/2 (each level equally often), and sigma (n,) on the grid of the whole step 2d: 2d, 4d, ..., 1,
+    uniformly, so that the step from sigma to sigma - 2d is one a uniform 1 / (2d)-step sampler takes."""
+    levels = round(math.log2(1 / SHORTCUT_MIN_STEP)) + 1  # whole steps 2d = SHORTCUT_MIN_STEP * 2^k, k < levels
+    k = torch.randint(0, levels, (n,), generator=gen)
+    whole = SHORTCUT_MIN_STEP * torch.pow(2.0, k.to(torch.float32))  # (n,) 2d
+    cells = torch.round(1 / whole)  # (n,) steps of size 2d from 1 to 0
+    j = torch.floor(torch.rand(n, generator=gen) * cells) + 1  # (n,) in 1..cells
+    return j * whole, whole / 2
 
 
 @dataclass
@@ -135,7 +148,10 @@ class QKModel(nn.Module):
     # ------------------------------------------------------------------ objective
 
     def loss(self, batch: Batch, gen: torch.Generator, text_states=None) -> tuple[torch.Tensor, dict[str, float]]:
-        """Rectified-flow velocity loss on generation and editing samples plus the gate's BCE."""
+        """Rectified-flow velocity loss on generation and editing samples plus the gate's BCE. With
+        `train.shortcut_fraction` (a model with `decoder.step_size_cond`) the batch's first samples
+        regress v(x, sigma, 2d) onto `shortcut_target` instead (weighted by `train.shortcut_weight`),
+        the others the flow-matching target at step size 0."""
         t = self.cfg.train
         B = batch.target.shape[0]
         dev = batch.target.device  # random draws come from the CPU generator `gen` (reproducible anywhere), then move
@@ -183,17 +199,51 @@ class QKModel(nn.Module):
 
         noise = torch.randn(x0.shape, generator=gen).to(dev)
         sigma = torch.sigmoid(torch.randn(B, generator=gen)).to(dev)  # logit-normal timesteps
+        v_target = noise - x0
+        step_size, part_w, logs = None, torch.ones(B, device=dev), {}
+        if self.cfg.decoder.step_size_cond:
+            step_size = torch.zeros(B, device=dev)  # the flow-matching part: the instantaneous velocity
+        n_sc = round(B * t.shortcut_fraction)
+        if n_sc:
+            sc = slice(0, n_sc)  # the batch's samples are drawn independently: its first n_sc take the shortcut loss
+            sigma_sc, d = shortcut_draw(n_sc, gen)
+            sigma, step_size = sigma.clone(), step_size.clone()
+            sigma[sc], step_size[sc] = sigma_sc.to(dev), 2 * d.to(dev)
+            s = sigma[sc, None, None, None]
+            x_sc = s * noise[sc] + (1 - s) * x0[sc]
+            v_target = v_target.clone()
+            v_target[sc] = self.shortcut_target(x_sc, sigma[sc], d.to(dev), text[sc], text_mask[sc],
+                                                None if kontext is None else kontext[sc], src[sc], region[sc],
+                                                gate_map[sc], flags[sc])
+            part_w[sc] = t.shortcut_weight
         s = sigma[:, None, None, None]
         x_t = s * noise + (1 - s) * x0
-        v_pred = self.decoder(x_t, sigma, text, text_mask, kontext, src, region, gate_map, flags)
-        v_target = noise - x0
+        v_pred = self.decoder(x_t, sigma, text, text_mask, kontext, src, region, gate_map, flags, step_size=step_size)
         inside = self.gate_map(token_mask, h, w) * is_edit[:, None, None, None]
         weight = 1.0 + t.inside_weight * inside
         per_sample = (weight * (v_pred - v_target) ** 2).mean((1, 2, 3)) / weight.mean((1, 2, 3))
-        sample_w = is_edit * t.edit_loss_weight + (1 - is_edit) * t.gen_loss_weight
+        sample_w = (is_edit * t.edit_loss_weight + (1 - is_edit) * t.gen_loss_weight) * part_w
         v_loss = (per_sample * sample_w).sum() / B
+        if n_sc:
+            logs["v_shortcut"] = float(per_sample[:n_sc].detach().mean())
         total = v_loss + t.gate_loss_weight * gate_loss
-        return total, {"loss": total.item(), "v": v_loss.item(), "gate": float(gate_loss.detach())}
+        return total, {"loss": total.item(), "v": v_loss.item(), "gate": float(gate_loss.detach()), **logs}
+
+    @torch.no_grad()
+    def shortcut_target(self, x, sigma, d, text, text_mask, kontext, source, region, gate_map, flags) -> torch.Tensor:
+        """The shortcut models' self-consistency target for a step of size 2d from x at sigma (the
+        step ends at sigma - 2d, nearer the data): the mean of two steps of size d of the model
+        itself, without gradient. x moves from noise (sigma 1) to data (sigma 0) as
+        x <- x - d v, so v_target = (v(x, sigma, d) + v(x - d v(x, sigma, d), sigma - d, d)) / 2. The
+        finest level's half-steps (d < SHORTCUT_MIN_STEP) take the instantaneous velocity (d = 0),
+        the one flow matching trains. -> (n, C, h, w) float32."""
+        cond = self.decoder.condition(text, text_mask, kontext, flags)
+        half = torch.where(d < SHORTCUT_MIN_STEP, torch.zeros_like(d), d)
+        dd = d[:, None, None, None]
+        v1 = self.decoder(x, sigma, None, None, None, source, region, gate_map, None, cond=cond, step_size=half).float()
+        x1 = x - dd * v1  # (n, C, h, w)
+        v2 = self.decoder(x1, sigma - d, None, None, None, source, region, gate_map, None, cond=cond, step_size=half).float()
+        return (v1 + v2) / 2
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -148,7 +148,7 @@ def test_format_1_bundles_still_open_and_run_on_every_token(tmp_path, format_2_r
 
 def test_format_0_is_refused_with_the_fix(bundle_copy):
     _edit_manifest(bundle_copy, lambda m: m.update(format_version=0))
-    with pytest.raises(BundleError, match="reads 1..4.*re-export"):
+    with pytest.raises(BundleError, match="reads 1..5.*re-export"):
         open_bundle(bundle_copy, verify=False)
 
 
