@@ -817,6 +817,41 @@ def manifest_number_cases() -> list[Case]:
                   {"kind": "changed", "lo": 0.05, "hi": 0.1, "widen": 1.5},
                   {"kind": "blend"}):
         cases += _bundle_cases("numbers", f"manifest composite {entry}", composite(entry), {"api", "qk_edit_cpp"})
+
+    # format 5's few_step (contract.py FEW_STEP_FIELDS). The shipped bundles are format 4 with
+    # decoders that take no step_size: each entry below is refused for what is wrong with it (every
+    # consumer reads `few_step` before the graphs), and a well-formed entry for the missing input.
+    good = {"steps": [1, 2, 4], "sigmas": "uniform", "step_size": "sigma - sigma_next", "other_step_size": 0.0}
+
+    def few_step(change, version=5):
+        def mutate(ws, bundle):
+            m = _manifest(bundle)
+            m["format_version"] = version
+            m["few_step"] = dict(good)
+            change(m)
+            _write_manifest(bundle, m)
+        return mutate
+
+    def add_step_size(m):  # a decoder input without the entry that says what to feed it
+        del m["few_step"]
+        m["graphs"]["decoder"]["inputs"].insert(2, {"name": "step_size", "dtype": "float32", "shape": ["batch"]})
+
+    few_consumers = {"api", "qk_edit_cpp", "qk-triton"}
+    for name, change, version, fast in (
+            ("few_step in a format-4 manifest", lambda m: None, 4, few_consumers),
+            ("few_step with an unknown key", lambda m: m["few_step"].update(shift=3.0), 5, {"api"}),
+            ("few_step without sigmas", lambda m: m["few_step"].pop("sigmas"), 5, set()),
+            ("few_step a list", lambda m: m.update(few_step=[1, 2, 4]), 5, set()),
+            ("few_step.steps unsorted [4, 2, 1]", lambda m: m["few_step"].update(steps=[4, 2, 1]), 5, {"qk_edit_cpp"}),
+            ("few_step.steps repeated [2, 2]", lambda m: m["few_step"].update(steps=[2, 2]), 5, set()),
+            ("few_step.steps not integers [1, 2.5]", lambda m: m["few_step"].update(steps=[1, 2.5]), 5, set()),
+            ("few_step.steps [0, 1]", lambda m: m["few_step"].update(steps=[0, 1]), 5, set()),
+            ("few_step.steps empty", lambda m: m["few_step"].update(steps=[]), 5, set()),
+            ("few_step.sigmas 'karras'", lambda m: m["few_step"].update(sigmas="karras"), 5, set()),
+            ("few_step.other_step_size 0.5", lambda m: m["few_step"].update(other_step_size=0.5), 5, set()),
+            ("few_step but the decoders take no step_size", lambda m: None, 5, {"api", "qk-triton"}),
+            ("decoder step_size input without few_step", add_step_size, 5, {"qk_edit_cpp"})):
+        cases += _bundle_cases("numbers", f"manifest {name}", few_step(change, version), few_consumers, fast=fast)
     return cases
 
 

@@ -1,7 +1,7 @@
 // Open and validate a bundle in the browser, as runtime/bundle.py does on disk: the manifest's
-// format and version (1-4), dims, graphs against the export contract, sampler numbers, the
-// compositing entry; then every file the runtime uses (each graph's file and external data, the
-// tokenizer) is fetched and its sha256 (Web Crypto) compared with the manifest's before anything
+// format and version (1-5), dims, graphs against the export contract, sampler numbers, the
+// compositing entry, the few-step entry (format 5's `few_step`); then every file the runtime uses
+// (each graph's file and external data, the tokenizer) is fetched and its sha256 (Web Crypto) compared with the manifest's before anything
 // uses it. A file whose bytes differ is refused with a BundleError naming it. Files the manifest
 // lists that no graph uses (golden outputs for qk-build, say) are not fetched.
 //
@@ -13,7 +13,7 @@
 // its text encoder with the same sha256.
 import { readComposite } from "./composite.js";
 import {
-  DIM_LIMITS, DIM_NAMES, FORMAT, FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, NOISE,
+  DIM_LIMITS, DIM_NAMES, FEW_STEP_FIELDS, FEW_STEP_FORMAT_VERSION, FORMAT, FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, NOISE,
   REQUIRED_GRAPHS, SCHEDULER, TOKENIZER, graphSpecs, withDerived,
 } from "./contract.js";
 import { BundleError } from "./errors.js";
@@ -171,12 +171,46 @@ function readDims(manifest, where) {
 
 const sameTensors = (a, b) => JSON.stringify(a.map((t) => [t.name, t.dtype, t.shape])) === JSON.stringify(b.map((t) => [t.name, t.dtype, t.shape]));
 
-function readGraphs(manifest, dims, where) {
+/**
+ * bundle.py _few_step: format 5's `few_step` -> {steps} (the step counts that run the few-step
+ * sampler), or null without one (the decoders take no step_size).
+ */
+function readFewStep(manifest, where) {
+  if (!("few_step" in manifest)) return null;
+  const version = manifest.format_version;
+  if (version < FEW_STEP_FORMAT_VERSION) {
+    throw new BundleError(`${where}: 'few_step' needs format_version ${FEW_STEP_FORMAT_VERSION} or newer (this manifest has ` +
+      `${version}, whose decoders take no step_size); ${EXPORT_HINT}`);
+  }
+  const entry = manifest.few_step;
+  const want = ["steps", ...Object.keys(FEW_STEP_FIELDS)].sort();
+  const isObject = entry && typeof entry === "object" && !Array.isArray(entry);
+  const have = isObject ? Object.keys(entry).sort() : entry;
+  if (!isObject || JSON.stringify(have) !== JSON.stringify(want)) {
+    throw new BundleError(`${where}: 'few_step' must be an object with exactly the keys ${JSON.stringify(want)}, has ${JSON.stringify(have)}; ${EXPORT_HINT}`);
+  }
+  for (const [key, value] of Object.entries(FEW_STEP_FIELDS)) {
+    if (entry[key] !== value) {
+      throw new BundleError(`${where}: few_step.${key}=${JSON.stringify(entry[key])}; this runtime runs only ${JSON.stringify(value)} ` +
+        `(a newer sampler? upgrade query-kontext, or ${EXPORT_HINT})`);
+    }
+  }
+  const steps = entry.steps;
+  if (!Array.isArray(steps) || !steps.length || steps.length > MAX_STEPS ||
+      !steps.every((n) => Number.isInteger(n) && n >= 1 && n <= MAX_STEPS) || steps.some((n, i) => i > 0 && steps[i - 1] >= n)) {
+    throw new BundleError(`${where}: few_step.steps=${JSON.stringify(steps)}; must be a non-empty list of increasing integer step ` +
+      `counts from 1 to ${MAX_STEPS}; ${EXPORT_HINT}`);
+  }
+  return { steps: [...steps] };
+}
+
+function readGraphs(manifest, dims, where, fewStep = null) {
   const raw = manifest.graphs, files = manifest.files, version = manifest.format_version;
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) throw new BundleError(`${where}: 'graphs' must be an object; ${EXPORT_HINT}`);
   let missing = REQUIRED_GRAPHS.filter((g) => !(g in raw));
   if (missing.length) throw new BundleError(`${where}: graphs ${JSON.stringify(missing)} are missing; ${EXPORT_HINT}`);
-  const expected = graphSpecs(dims, { gateway: "gateway" in raw, gate: "cmg" in raw, region: "decoder_region" in raw, formatVersion: version });
+  const expected = graphSpecs(dims, { gateway: "gateway" in raw, gate: "cmg" in raw, region: "decoder_region" in raw, formatVersion: version,
+    stepSize: fewStep !== null });
   missing = Object.keys(expected).filter((g) => !(g in raw));
   if (missing.length) throw new BundleError(`${where}: graphs ${JSON.stringify(missing)} are missing (format_version ${version}); ${EXPORT_HINT}`);
   const unknown = Object.keys(raw).filter((g) => !(g in expected)).sort();
@@ -264,7 +298,7 @@ async function sha256Hex(bytes) {
 
 /**
  * Read, check and fetch a bundle. -> {name, manifest, dims, precision, sparseAttn, graphs, sampler,
- * composite, files (rel -> Uint8Array, each used file, checked against its sha256), tokenizerJson,
+ * composite, fewStep ({steps} or null), files (rel -> Uint8Array, each used file, checked against its sha256), tokenizerJson,
  * timings: {fetch, verify}}. `verify: false` skips the sha256 (not the rest).
  */
 export async function openBundle(source, { verify = true, onStage = null } = {}) {
@@ -284,7 +318,8 @@ export async function openBundle(source, { verify = true, onStage = null } = {})
     if (parts[0] === "..") await checkSibling(src, rel, parts, want, where);
   }
   const dims = readDims(manifest, where);
-  const graphs = readGraphs(manifest, dims, where);
+  const fewStep = readFewStep(manifest, where);
+  const graphs = readGraphs(manifest, dims, where, fewStep);
   if (!(TOKENIZER in files)) throw new BundleError(`${where}: ${TOKENIZER} is not listed in 'files'; ${EXPORT_HINT}`);
   const precision = manifest.precision;
   if (!PRECISIONS.includes(precision)) {
@@ -333,7 +368,7 @@ export async function openBundle(source, { verify = true, onStage = null } = {})
     throw new BundleError(`${TOKENIZER} of ${src.name} is not a tokenizers file (${err.message}); re-export the bundle`);
   }
   return {
-    name: src.name, manifest, dims, precision, sparseAttn, graphs, sampler, composite, files: bytes, tokenizerJson, timings,
+    name: src.name, manifest, dims, precision, sparseAttn, graphs, sampler, composite, fewStep, files: bytes, tokenizerJson, timings,
     hasGateway: "gateway" in graphs, hasCmg: "cmg" in graphs, hasRegion: "decoder_region" in graphs,
     hasDecoderCond: "decoder_cond" in graphs,
   };

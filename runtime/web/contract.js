@@ -1,8 +1,14 @@
 // The export contract (runtime/contract.py): each graph's input and output names, dtypes and
 // shapes, by bundle format version, so that a manifest is checked against what this runtime binds.
 export const FORMAT = "qk-bundle";
-export const FORMAT_VERSION = 4;
+export const FORMAT_VERSION = 5;
 export const MIN_FORMAT_VERSION = 1;
+// the first format whose decoders may take `step_size` (with the manifest's `few_step`)
+export const FEW_STEP_FORMAT_VERSION = 5;
+// the manifest's `few_step`: `steps` (increasing step counts) and these fixed values (contract.py
+// FEW_STEP_FIELDS): uniform sigmas (n - k) / n at the listed counts feeding step_size = sigma -
+// sigma_next; at every other count the ordinary schedule and step_size 0
+export const FEW_STEP_FIELDS = { sigmas: "uniform", step_size: "sigma - sigma_next", other_step_size: 0.0 };
 export const MANIFEST = "manifest.json";
 export const TOKENIZER = "tokenizer.json";
 export const NOISE = "splitmix64-boxmuller-v1";
@@ -26,8 +32,14 @@ export function withDerived(d) {
   return { ...d, latentSize, grid, tokens: grid * grid, condTokens: d.max_length + d.kontext_tokens, condWidth: 2 * d.width * d.depth };
 }
 
-/** contract.py graph_specs: graph name -> {inputs, outputs} ({name, dtype, shape} each). */
-export function graphSpecs(dims, { gateway = true, gate = true, region = false, formatVersion = FORMAT_VERSION } = {}) {
+/**
+ * contract.py graph_specs: graph name -> {inputs, outputs} ({name, dtype, shape} each). `stepSize`
+ * (format 5): the decoder steps take the sampler's step size after sigma.
+ */
+export function graphSpecs(dims, { gateway = true, gate = true, region = false, formatVersion = FORMAT_VERSION, stepSize = false } = {}) {
+  if (stepSize && formatVersion < FEW_STEP_FORMAT_VERSION) {
+    throw new RangeError(`a step_size input needs format ${FEW_STEP_FORMAT_VERSION} or newer, got ${formatVersion}`);
+  }
   const d = withDerived(dims);
   const B = "batch", S = d.image_size, C = d.latent_channels, h = d.latentSize;
   const cond = [f("text", B, d.max_length, d.text_width), f("text_mask", B, d.max_length)];
@@ -53,7 +65,8 @@ export function graphSpecs(dims, { gateway = true, gate = true, region = false, 
     const nCond = gateway ? d.condTokens : d.max_length;
     const stepCondition = [f("cond_kv", B, nCond, d.condWidth), f("cond_bias", B, nCond), f("cond_emb", B, d.width)];
     specs.decoder_cond = { inputs: [...cond, ...kontext, f("flags", B, 2)], outputs: stepCondition };
-    stepInputs = [f("x", B, C, h, h), f("sigma", B), ...stepCondition, ...imageInputs, f("gate_map", B, 1, h, h)];
+    stepInputs = [f("x", B, C, h, h), f("sigma", B), ...(stepSize ? [f("step_size", B)] : []), ...stepCondition, ...imageInputs,
+      f("gate_map", B, 1, h, h)];
   } else {
     stepInputs = [f("x", B, C, h, h), f("sigma", B), ...cond, ...kontext, ...imageInputs, f("gate_map", B, 1, h, h), f("flags", B, 2)];
   }

@@ -37,6 +37,25 @@ export class FlowMatchEulerScheduler {
     this.index = 0;
   }
 
+  /**
+   * Run the given schedule as is (no shift; sampler.py set_sigmas): steps + 1 values, decreasing,
+   * ending with 0; e.g. fewStepSigmas(n).
+   */
+  setSigmas(sigmas) {
+    const s = Float32Array.from(sigmas);
+    if (s.length < 2 || s[s.length - 1] !== 0 || s.some((v, i) => i > 0 && !(v < s[i - 1]))) {
+      throw new RangeError(`sigmas must be a decreasing schedule of at least 2 values ending with 0, got ${Array.from(sigmas)}`);
+    }
+    this.sigmas = s;
+    this.steps = s.length - 1;
+    this.index = 0;
+  }
+
+  /** sigma - sigma_next of the step about to be taken, in float32: a few-step decoder's `step_size`. */
+  get stepSize() {
+    return f32(this.sigmas[this.index] - this.sigmas[this.index + 1]);
+  }
+
   /** The noise level of the step about to be taken (a float32 value). */
   get sigma() {
     return this.sigmas[this.index];
@@ -52,6 +71,17 @@ export class FlowMatchEulerScheduler {
     this.index += 1;
     return x;
   }
+}
+
+/**
+ * The uniform schedule of an n-step few-step sampler (bundle format 5; sampler.py few_step_sigmas):
+ * (n - k) / n for k = 0..n, computed in double and rounded to float32.
+ */
+export function fewStepSigmas(steps) {
+  if (!Number.isInteger(steps) || steps < 1) throw new RangeError(`steps must be an integer >= 1, got ${steps}`);
+  const s = new Float32Array(steps + 1);
+  for (let k = 0; k <= steps; k++) s[k] = (steps - k) / steps;
+  return s;
 }
 
 /** Guidance branches an edit runs: 3 (text+image, image only, neither), or 2 where image guidance is exactly 1. */

@@ -10,7 +10,9 @@
 //    over each token's patch; decoder_cond (format 3) runs once;
 // 4. each step runs the decoder (the region decoder on the active tokens plus a halo with
 //    sparse "region") on the branches, combines the velocities with guidance in float32 and takes
-//    an Euler step;
+//    an Euler step; a bundle with `few_step` (format 5) feeds the decoder `step_size` too: at the
+//    step counts it lists the sigmas are uniform, (n - k) / n, and step_size = sigma - sigma_next,
+//    at any other count the ordinary schedule and step_size 0;
 // 5. the image decoder decodes; the source's pixels are kept outside m (and, with compositing
 //    `changed`, inside m where the decoded output agrees with the decoded source);
 //    uint8 = round_half_even((clamp(x, -1, 1) + 1) * 127.5); resized back to the input's size.
@@ -24,7 +26,7 @@ import { InputError } from "./errors.js";
 import { checkPixels, decodeImage, MAX_PIXELS, resizeBilinear } from "./image.js";
 import { checkBox, checkScale, checkSteps, checkText, scaleBox } from "./inputs.js";
 import { checkSeed, portableNormal } from "./noise.js";
-import { FlowMatchEulerScheduler, editBranches, guidedVelocity } from "./sampler.js";
+import { FlowMatchEulerScheduler, editBranches, fewStepSigmas, guidedVelocity } from "./sampler.js";
 import { Tokenizer } from "./tokenizer.js";
 
 const f32 = Math.fround;
@@ -229,6 +231,29 @@ export class EditSession {
   }
 
   /**
+   * The session's scheduler set for `steps` (session.py _schedule): the uniform sigmas at a count
+   * the bundle's `few_step` lists (this.fewStepRun true), else the ordinary schedule.
+   */
+  schedule(steps) {
+    const sched = this.scheduler, fewStep = this.bundle.fewStep;
+    this.fewStepRun = fewStep !== null && fewStep.steps.includes(steps);
+    if (this.fewStepRun) sched.setSigmas(fewStepSigmas(steps));
+    else sched.setTimesteps(steps);
+    return sched;
+  }
+
+  /**
+   * The step's `sigma` (nb,), and `step_size` (nb,) where the decoders take it (format 5): sigma -
+   * sigma_next at a few-step count, else 0.
+   */
+  stepFeeds(nb) {
+    const sched = this.scheduler;
+    const feeds = { sigma: this.t(new Float32Array(nb).fill(sched.sigma), [nb]) };
+    if (this.bundle.fewStep !== null) feeds.step_size = this.t(new Float32Array(nb).fill(this.fewStepRun ? sched.stepSize : 0), [nb]);
+    return feeds;
+  }
+
+  /**
    * What every decoder step reads besides x and sigma: format 3 runs decoder_cond once here (each
    * block's cross-attention keys and values, their padding bias, the pooled-text + flags
    * embedding); older bundles' steps take the text, kontext and flags themselves.
@@ -352,13 +377,11 @@ export class EditSession {
     // 4. the denoising loop
     const x = portableNormal(seedValue, lat);
     const v1 = new Float32Array(lat);
-    const sched = this.scheduler;
-    sched.setTimesteps(steps);
+    const sched = this.schedule(steps);
     const perStep = [];
     for (let i = 0; i < steps; i++) {
       t0 = now();
-      const sigma = new Float32Array(nb).fill(sched.sigma);
-      const v = (await this.backend.infer(graph, { x: this.t(repeat(x, nb), [nb, C, h, h]), sigma: this.t(sigma, [nb]), ...fixed })).velocity;
+      const v = (await this.backend.infer(graph, { x: this.t(repeat(x, nb), [nb, C, h, h]), ...this.stepFeeds(nb), ...fixed })).velocity;
       guidedVelocity(v, nb, lat, sTxt, sImg, v1);
       sched.step(v1, x);
       perStep.push(now() - t0);
@@ -420,13 +443,11 @@ export class EditSession {
     };
     const x = portableNormal(seedValue, lat);
     const v1 = new Float32Array(lat);
-    const sched = this.scheduler;
-    sched.setTimesteps(steps);
+    const sched = this.schedule(steps);
     const perStep = [];
     for (let i = 0; i < steps; i++) {
       t0 = now();
-      const sigma = new Float32Array(2).fill(sched.sigma);
-      const v = (await this.backend.infer("decoder", { x: this.t(repeat(x, 2), [2, C, h, h]), sigma: this.t(sigma, [2]), ...fixed })).velocity;
+      const v = (await this.backend.infer("decoder", { x: this.t(repeat(x, 2), [2, C, h, h]), ...this.stepFeeds(2), ...fixed })).velocity;
       guidedVelocity(v, 2, lat, s, 1, v1);
       sched.step(v1, x);
       perStep.push(now() - t0);

@@ -142,6 +142,40 @@ def test_region_decoder_edit_is_bit_equal(tmp_path, region_bundle, source_image)
     assert np.array_equal(out["edited"], ref.image)
 
 
+class StepSizes:
+    """RepoOrt, keeping the sigma and step_size of every decoder step sent through infer()."""
+
+    def __init__(self, inner: RepoOrt):
+        self.inner, self.steps = inner, []
+
+    def __call__(self, model: str, inputs: dict) -> dict:
+        if model in ("decoder", "decoder_region"):
+            self.steps.append((float(inputs["sigma"][0]), inputs["step_size"].tolist()))
+        return self.inner(model, inputs)
+
+
+def test_few_step_bundle_at_four_steps_is_bit_equal(tmp_path, few_step_bundle, source_image):
+    """A format-5 bundle: the decoders' models take step_size (in config.pbtxt, a per-row scalar
+    with Triton batching), the BLS loop feeds sigma - sigma_next at 4 steps, and the edit (region
+    decoder) and the generation equal EditSession's bit for bit."""
+    repo = write_repository(few_step_bundle, tmp_path / "repo", max_batch=3, log=_quiet)
+    for graph in ("decoder", "decoder_region"):
+        inputs = {t["name"]: t for t in pbtxt.loads((repo / graph / "config.pbtxt").read_text())["input"]}
+        assert inputs["step_size"]["dims"] == [1] and inputs["step_size"]["reshape"] == {"shape": []}
+    infer = StepSizes(RepoOrt(repo))
+    session = RepoSession(open_model_dir(repo / "qk_edit" / "1"), infer)
+    assert session.bundle.few_step is not None and session.bundle.few_step.steps == (1, 2, 4)
+    out = run_request(session, "edit", _edit_tensors(source_image, "make the red square blue", BOX, steps=4, seed=3))
+    assert [(s, d[0]) for s, d in infer.steps] == [(1.0, 0.25), (0.75, 0.25), (0.5, 0.25), (0.25, 0.25)]
+    gen_session = RepoSession(open_model_dir(repo / "qk_generate" / "1"), infer)
+    gen = run_request(gen_session, "generate", {"prompt": _text("a red circle at the top left"),
+                                                "steps": np.array([4], np.int32), "seed": np.array([2], np.uint64)})
+    with EditSession(few_step_bundle, backend="ort-cpu", threads=1) as ref:
+        want = ref.edit(source_image, "make the red square blue", box=BOX, steps=4, seed=3)
+        assert np.array_equal(out["edited"], want.image) and np.array_equal(out["gate"], want.gate)
+        assert np.array_equal(gen["image"], ref.generate("a red circle at the top left", steps=4, seed=2).image)
+
+
 def test_shipped_int8_bundle_edit_is_bit_equal(tmp_path):
     if not (DEFAULT_INT8 / "manifest.json").is_file():
         pytest.skip(f"the shipped default bundle {DEFAULT_INT8} is missing")

@@ -2,10 +2,13 @@
 
 - Its parts, in Node's test runner: tokenizer ids (the shipped WordPiece tokenizer and the tiny
   preset's WordLevel one, on ShapeWorld texts and awkward Unicode), noise bits on a thousand seeds,
-  sigma bits, guidance + Euler step, Pillow's resize, compositing, the region decoder's tokens, and
-  which texts and boxes are refused; the cases are computed here with Python and written to a folder.
+  sigma bits (the few-step schedule and its step sizes too), guidance + Euler step, Pillow's
+  resize, compositing, the region decoder's tokens, and which texts and boxes are refused; the
+  cases are computed here with Python and written to a folder. bundle.js reads and refuses
+  format 5's `few_step` entries as bundle.py does.
 - The page's "in this browser" mode in Debian's Chromium (Playwright, as test_serve_page.py):
-  an edit on the shipped FP32 bundle equals `qk_runtime.EditSession`'s within 1 level of 8 bits;
+  an edit on the shipped FP32 bundle equals `qk_runtime.EditSession`'s within 1 level of 8 bits,
+  and so does a few-step (format 5) FP32 edit at 4 steps;
   on the shipped INT8 bundle outside the gate the source's own pixels are kept exactly and inside
   it the edit stays within `INT8_TOLERANCE` (WebAssembly kernels round floats differently from
   ONNX Runtime's x86 kernels, and INT8 requantization amplifies that: runtime/web/README.md);
@@ -40,7 +43,7 @@ from qk_runtime.composite import Composite, change_weight, composite
 from qk_runtime.errors import InputError
 from qk_runtime.inputs import check_box, check_text, scale_box
 from qk_runtime.noise import portable_normal
-from qk_runtime.sampler import FlowMatchEulerScheduler
+from qk_runtime.sampler import FlowMatchEulerScheduler, few_step_sigmas
 from qk_runtime.session import active_token_indices, default_bundle_dir, guided_velocity
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,6 +125,17 @@ def _write_cases(folder: Path) -> None:
             sched = FlowMatchEulerScheduler(shift=shift)
             sched.set_timesteps(steps)
             cases["sigmas"].append({"steps": steps, "shift": shift, "file": _save(folder, f"sig{steps}_{shift}.bin", sched.sigmas)})
+
+    cases["few_step"] = []
+    for steps in (1, 2, 3, 4, 8):
+        sched = FlowMatchEulerScheduler(shift=3.0)
+        sched.set_sigmas(few_step_sigmas(steps))
+        sizes = []
+        for _ in range(steps):
+            sizes.append(sched.step_size)
+            sched.step_index += 1
+        cases["few_step"].append({"steps": steps, "file": _save(folder, f"few{steps}.bin", sched.sigmas),
+                                  "step_sizes": _save(folder, f"few{steps}_d.bin", np.array(sizes, np.float32))})
 
     cases["steps"] = []
     for k, (nb, s_txt, s_img) in enumerate(((2, 3.0, 1.0), (3, 3.0, 1.5), (3, 7.3, 0.0), (2, 0.1, 1.0))):
@@ -254,6 +268,62 @@ def test_edits_in_node_equal_the_python_runtime(tmp_path):
             got = np.fromfile(out / f"{i}.rgb", np.uint8).reshape(want.image.shape)
             diff = np.abs(got.astype(np.int16) - want.image.astype(np.int16))
             assert diff.max() <= TOLERANCE, f"job {i}: Node's output differs from the Python runtime's by up to {diff.max()} levels"
+
+
+FEW_STEP_CHECK = """
+import fs from "node:fs";
+import path from "node:path";
+import { openBundle } from "./bundle.js";
+const out = [];
+for (const dir of JSON.parse(process.argv[1])) {
+  const source = { name: dir, async read(rel) { return new Uint8Array(fs.readFileSync(path.join(dir, rel))); } };
+  try {
+    const b = await openBundle(source, { verify: false });
+    out.push({ fewStep: b.fewStep });
+  } catch (err) {
+    out.push({ error: err.name, message: err.message });
+  }
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_few_step_manifests_are_read_and_refused_in_node_as_in_python(few_step_bundle, tmp_path):
+    """bundle.js reads format 5's `few_step` and refuses a malformed one as bundle.py does."""
+    from qk_runtime.bundle import open_bundle
+    from qk_runtime.errors import BundleError
+
+    node = _node()
+    changes = {
+        "as exported": (lambda m: None, None),
+        "unsorted steps": (lambda m: m["few_step"].update(steps=[4, 2]), "increasing integer step counts"),
+        "non-integer steps": (lambda m: m["few_step"].update(steps=[1, 2.5]), "increasing integer step counts"),
+        "an unknown key": (lambda m: m["few_step"].update(shift=3), "exactly the keys"),
+        "other sigmas": (lambda m: m["few_step"].update(sigmas="karras"), "this runtime runs only \"uniform\""),
+        "other_step_size false": (lambda m: m["few_step"].update(other_step_size=False), "few_step.other_step_size=false"),
+        "format 4": (lambda m: m.update(format_version=4), "'few_step' needs format_version 5 or newer"),
+        "no few_step": (lambda m: m.pop("few_step"), "differ from the contract"),
+    }
+    dirs = []
+    for i, (change, _) in enumerate(changes.values()):
+        folder = _linked_copy(few_step_bundle, tmp_path / str(i))
+        m = json.loads((folder / "manifest.json").read_text())
+        change(m)
+        (folder / "manifest.json").unlink()
+        (folder / "manifest.json").write_text(json.dumps(m))
+        dirs.append(str(folder))
+    run = subprocess.run([node, "--input-type=module", "-e", FEW_STEP_CHECK, json.dumps(dirs)], cwd=WEB,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    results = json.loads(run.stdout)
+    for (name, (_, message)), folder, got in zip(changes.items(), dirs, results):
+        if message is None:
+            assert got == {"fewStep": {"steps": list(open_bundle(folder, verify=False).few_step.steps)}}, name
+            continue
+        with pytest.raises(BundleError):
+            open_bundle(folder, verify=False)
+        assert got.get("error") == "BundleError" and message in got["message"], f"{name}: {got}"
+        assert "qk-export" in got["message"], got["message"]
 
 
 # --------------------------------------------------------------------------- what qk-serve hands the page
@@ -427,6 +497,24 @@ def test_fp32_edit_in_the_browser_equals_the_python_runtime():
         assert not page.errors, page.errors
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     assert diff.max() <= TOLERANCE, f"the browser's edit differs from the Python runtime's by up to {diff.max()} levels"
+
+
+def test_few_step_edit_in_the_browser_equals_the_python_runtime(few_step_bundle):
+    """A format-5 bundle (the tiny few-step model, FP32) in the page at 4 steps: the few-step
+    sampler (uniform sigmas, step_size fed), the Python runtime's pixels within 1 level."""
+    _chromium()
+    with EditSession(few_step_bundle, backend="ort-cpu") as s:
+        assert s.bundle.few_step is not None and 4 in s.bundle.few_step.steps
+        want = s.edit(_sample(), INSTRUCTION, box=BOX, seed=0, steps=4).image
+    with _serve(few_step_bundle) as (url, _), _page(url) as (_, page):
+        info = _load_in_browser(page)
+        assert "fp32 bundle" in info, info
+        page.fill("#steps", "4")
+        got = _edit_in_page(page)
+        assert "decoder (4 steps)" in page.inner_text("#timings")
+        assert not page.errors, page.errors
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= TOLERANCE, f"the browser's 4-step edit differs from the Python runtime's by up to {diff.max()} levels"
 
 
 def test_int8_edit_in_the_browser_against_the_python_runtime_and_offline():

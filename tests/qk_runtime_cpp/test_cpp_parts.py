@@ -275,7 +275,7 @@ def test_bundle_checks(cpp_build, fp32_bundle, tmp_path):
 
     manifest["format_version"] = 0
     (copy2 / "manifest.json").write_text(json.dumps(manifest))
-    assert "this runtime reads 1..4" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
+    assert "this runtime reads 1..5" in probe(cpp_build, "bundle", copy2, ok=False)["message"]
 
     manifest["format_version"] = 2  # a format-4 manifest read as 2: its dims name the decoder depth
     (copy2 / "manifest.json").write_text(json.dumps(manifest))

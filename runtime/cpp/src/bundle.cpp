@@ -420,7 +420,53 @@ Composite read_composite(const json& m, int format_version, const std::string& w
     return c;
 }
 
+// runtime/bundle.py _few_step: format 5's entry, exactly `steps` and the fixed values of
+// contract.py FEW_STEP_FIELDS; unset without one
+std::optional<FewStep> read_few_step(const json& m, int format_version, const std::string& where) {
+    if (!m.contains("few_step")) return std::nullopt;
+    if (format_version < kFewStepFormatVersion)
+        throw BundleError(where + ": 'few_step' needs format_version " + std::to_string(kFewStepFormatVersion) +
+                          " or newer (this manifest has " + std::to_string(format_version) +
+                          ", whose decoders take no step_size); " + kHint);
+    const json& raw = m["few_step"];
+    const char* keys[] = {"other_step_size", "sigmas", "step_size", "steps"};  // sorted
+    const std::string want = "[\"other_step_size\", \"sigmas\", \"step_size\", \"steps\"]";
+    bool keys_ok = raw.is_object() && raw.size() == 4;
+    for (const char* k : keys) keys_ok = keys_ok && raw.contains(k);
+    if (!keys_ok) {
+        json have = raw;
+        if (raw.is_object()) {
+            have = json::array();
+            for (const auto& [k, _] : raw.items()) have.push_back(k);
+        }
+        throw BundleError(where + ": 'few_step' must be an object with exactly the keys " + want + ", has " + dump(have) + "; " + kHint);
+    }
+    const std::string upgrade = " (a newer sampler? upgrade query-kontext, or " + std::string(kHint) + ")";
+    for (const char* k : {"sigmas", "step_size"}) {
+        const char* value = std::string(k) == "sigmas" ? "uniform" : "sigma - sigma_next";
+        if (raw[k] != json(value))
+            throw BundleError(where + ": few_step." + k + "=" + dump(raw[k]) + "; this runtime runs only \"" + value + "\"" + upgrade);
+    }
+    const json& other = raw["other_step_size"];
+    if (!other.is_number() || other.get<double>() != 0.0)
+        throw BundleError(where + ": few_step.other_step_size=" + dump(other) + "; this runtime runs only 0.0" + upgrade);
+    const json& steps = raw["steps"];
+    FewStep f;
+    bool ok = steps.is_array() && !steps.empty() && steps.size() <= static_cast<std::size_t>(kMaxSteps);
+    for (std::size_t k = 0; ok && k < steps.size(); ++k) {
+        ok = steps[k].is_number_integer() && steps[k].get<long long>() >= 1 && steps[k].get<long long>() <= kMaxSteps;
+        if (ok) f.steps.push_back(steps[k].get<int>());
+        ok = ok && (k == 0 || f.steps[k] > f.steps[k - 1]);
+    }
+    if (!ok)
+        throw BundleError(where + ": few_step.steps=" + dump(steps) + "; must be a non-empty list of increasing integer step "
+                          "counts from 1 to " + std::to_string(kMaxSteps) + "; " + kHint);
+    return f;
+}
+
 }  // namespace
+
+bool FewStep::runs(int n) const { return std::find(steps.begin(), steps.end(), n) != steps.end(); }
 
 const GraphInfo& Bundle::graph(const std::string& g) const {
     auto it = graphs.find(g);
@@ -437,7 +483,11 @@ std::string Bundle::sha() const {
     return sha256_hex(j.dump(-1, ' ', true));
 }
 
-std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region, int format_version) {
+std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region, int format_version,
+                                                 bool step_size) {
+    if (step_size && format_version < kFewStepFormatVersion)
+        throw BundleError("a step_size input needs format " + std::to_string(kFewStepFormatVersion) + " or newer, got " +
+                          std::to_string(format_version));
     const long long S = d.image_size, C = d.latent_channels, h = d.latent_size();
     const Dim B = axis("batch");
     std::map<std::string, std::array<long long, 3>> batch3{{"batch", {1, kMaxBatch, kMaxBatch}}};
@@ -484,6 +534,7 @@ std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bo
         if (gateway) in.push_back(kontext);
         in.push_back(f32("flags", {B, num(2)}));
         add("decoder_cond", in, step_cond, batch3);
+        if (step_size) step.push_back(f32("step_size", {B}));
         step.insert(step.end(), step_cond.begin(), step_cond.end());
         step.insert(step.end(), image_inputs.begin(), image_inputs.end());
         step.push_back(f32("gate_map", {B, num(1), num(h), num(h)}));
@@ -521,8 +572,9 @@ Bundle open_bundle(const std::string& path, bool verify) {
     if (!raw.is_object()) throw BundleError(where + ": 'graphs' must be an object; " + kHint);
     for (const char* g : kRequired)
         if (!raw.contains(g)) throw BundleError(where + ": graph '" + g + "' is missing; " + kHint);
+    b.few_step = read_few_step(m, m["format_version"].get<int>(), where);
     auto expected = contract_graphs(b.dims, raw.contains("gateway"), raw.contains("cmg"), raw.contains("decoder_region"),
-                                    m["format_version"].get<int>());
+                                    m["format_version"].get<int>(), b.few_step.has_value());
     for (const auto& [name, _] : expected)  // decoder_cond, from format 3 on
         if (!raw.contains(name))
             throw BundleError(where + ": graph '" + name + "' is missing (format_version " +

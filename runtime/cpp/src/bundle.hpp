@@ -17,10 +17,12 @@
 
 namespace qk {
 
-constexpr int kFormatVersion = 4;     // 4: the manifest's `composite` entry (how an edit meets its source)
+constexpr int kFormatVersion = 5;     // 5: few-step sampling (the manifest's `few_step`; the decoders take step_size)
+                                      // 4: the manifest's `composite` entry (how an edit meets its source)
                                       // 3: the decoder's per-edit conditioning is its own graph, decoder_cond
                                       // 2: the text encoder's token axis is dynamic
 constexpr int kCompositeFormatVersion = 4;  // the first format whose manifest carries `composite`
+constexpr int kFewStepFormatVersion = 5;    // the first format whose decoders may take `step_size` (with `few_step`)
 constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
 // graphs INT8 bundles store weight-only (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS)
@@ -82,6 +84,14 @@ struct Composite {
     bool decodes_source() const { return kind == Kind::Changed; }
 };
 
+// Format 5's `few_step` (runtime/contract.py FEW_STEP_FIELDS): the decoders take `step_size`. At
+// the listed step counts the sampler runs the uniform sigmas (n - k) / n (no shift) and feeds
+// step_size = sigma - sigma_next; at any other count the ordinary schedule and step_size 0.
+struct FewStep {
+    std::vector<int> steps;  // increasing, 1 .. 1000
+    bool runs(int n) const;  // whether n steps run the few-step schedule
+};
+
 struct Bundle {
     std::string path;
     nlohmann::json manifest;
@@ -90,6 +100,7 @@ struct Bundle {
     std::map<std::string, GraphInfo> graphs;
     SamplerConfig sampler;
     Composite composite;
+    std::optional<FewStep> few_step;  // format 5's `few_step` (unset: the decoders take no step_size)
     std::string tokenizer_path;
     std::map<std::string, std::string> files;  // relative name -> sha256
     std::map<std::string, std::string> paths;  // relative name -> the checked, resolved file
@@ -106,8 +117,9 @@ struct Bundle {
 };
 
 // The export contract for these dims (runtime/contract.py graph_specs, batch axes as "batch").
+// step_size (format 5): the decoder steps take the sampler's step size after sigma.
 std::map<std::string, GraphInfo> contract_graphs(const Dims& d, bool gateway, bool gate, bool region,
-                                                 int format_version = kFormatVersion);
+                                                 int format_version = kFormatVersion, bool step_size = false);
 
 // Throws BundleError naming what is wrong and how to fix it.
 Bundle open_bundle(const std::string& path, bool verify = true);

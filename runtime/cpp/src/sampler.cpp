@@ -32,6 +32,21 @@ void FlowMatchEuler::set_timesteps(int steps) {
     steps_ = steps;
 }
 
+void FlowMatchEuler::set_sigmas(const std::vector<float>& sigmas) {
+    bool ok = sigmas.size() >= 2 && sigmas.back() == 0.0f;
+    for (std::size_t k = 1; ok && k < sigmas.size(); ++k) ok = sigmas[k] < sigmas[k - 1];
+    if (!ok) throw std::invalid_argument("set_sigmas: need a decreasing schedule of at least 2 values ending with 0");
+    sigmas_ = sigmas;
+    steps_ = static_cast<int>(sigmas.size()) - 1;
+}
+
+std::vector<float> few_step_sigmas(int steps) {
+    if (steps < 1) throw std::invalid_argument("few_step_sigmas: steps must be >= 1");
+    std::vector<float> s(static_cast<std::size_t>(steps) + 1);
+    for (int k = 0; k <= steps; ++k) s[static_cast<std::size_t>(k)] = static_cast<float>(static_cast<double>(steps - k) / steps);
+    return s;
+}
+
 void FlowMatchEuler::step(int i, const float* v, float* x, std::size_t n) const {
     const float dt = sigmas_[static_cast<std::size_t>(i) + 1] - sigmas_[static_cast<std::size_t>(i)];
     for (std::size_t k = 0; k < n; ++k) x[k] = x[k] + dt * v[k];

@@ -13,7 +13,9 @@
 // 4. each step runs the decoder (its velocity already gated with m) on the branches, combines
 //    v = v_uu + s_img (v_ui - v_uu) + s_txt (v_ti - v_ui) (v = v_ui + s_txt (v_ti - v_ui) with two
 //    branches) in float32 and takes an Euler step; sparse "region" runs the region decoder on
-//    the active tokens plus a halo;
+//    the active tokens plus a halo; a bundle with `few_step` (format 5) feeds the decoder
+//    `step_size` too: at the step counts it lists the sigmas are uniform, (n - k) / n, and
+//    step_size = sigma - sigma_next, at any other count the ordinary schedule and step_size 0;
 // 5. the image decoder decodes; outside m (nearest-upsampled to pixels) the source's pixels
 //    are kept; with the bundle's compositing "changed" (manifest `composite`, format 4) the image
 //    decoder also decodes the source latent, and inside m too the source's pixels are kept where
@@ -145,6 +147,7 @@ struct Session::Impl {
     struct Branches {
         int nb = 3;
         Tensor text, text_mask, source, region, flags, kontext, x, sigma, gate_map, velocity;
+        Tensor step_size;  // the decoders' step size (format 5's few_step; unbound without it)
         Tensor cond_kv, cond_bias, cond_emb;  // decoder_cond's outputs, the steps' inputs (format 3)
         std::unique_ptr<PreparedCall> gateway, decoder_cond, decoder;
         std::map<int, RegionCall> region_calls;
@@ -259,6 +262,7 @@ struct Session::Impl {
             B->kontext = Tensor("kontext", DType::F32, V{b, K, D});
             B->x = Tensor("x", DType::F32, V{b, C, h, h});
             B->sigma = Tensor("sigma", DType::F32, V{b});
+            B->step_size = Tensor("step_size", DType::F32, V{b});
             B->gate_map = Tensor("gate_map", DType::F32, V{b, 1, h, h});
             B->velocity = Tensor("velocity", DType::F32, V{b, C, h, h});
             if (bundle.has_gateway())
@@ -279,8 +283,11 @@ struct Session::Impl {
     }
 
     std::vector<Tensor*> step_inputs(Branches& B) {
-        if (B.decoder_cond)  // format 3: the conditioning decoder_cond made once per edit
-            return {&B.x, &B.sigma, &B.cond_kv, &B.cond_bias, &B.cond_emb, &B.source, &B.region, &B.gate_map};
+        if (B.decoder_cond) {  // format 3: the conditioning decoder_cond made once per edit
+            std::vector<Tensor*> in{&B.x, &B.sigma, &B.cond_kv, &B.cond_bias, &B.cond_emb, &B.source, &B.region, &B.gate_map};
+            if (bundle.few_step) in.push_back(&B.step_size);  // format 5
+            return in;
+        }
         std::vector<Tensor*> in{&B.x, &B.sigma, &B.text, &B.text_mask, &B.source, &B.region, &B.gate_map, &B.flags};
         if (bundle.has_gateway()) in.push_back(&B.kontext);
         return in;
@@ -504,7 +511,11 @@ struct Session::Impl {
 
         // -- 4. the denoising loop (no allocation inside: fixed buffers, a bound call)
         portable_normal(o.seed, x1.data(), lat);
-        sched.set_timesteps(steps);
+        const bool few = bundle.few_step && bundle.few_step->runs(steps);
+        if (few)
+            sched.set_sigmas(few_step_sigmas(steps));
+        else
+            sched.set_timesteps(steps);
         result.decoder_steps.assign(static_cast<std::size_t>(steps), 0.0);
         const float* v_ti = velocity.f.data();
         const float* v_ui = v_ti + lat;
@@ -514,6 +525,7 @@ struct Session::Impl {
             for (int b = 0; b < nb; ++b) std::copy(x1.begin(), x1.end(), x.f.begin() + static_cast<std::ptrdiff_t>(b * lat));
             const float sg = sched.sigma(i);
             std::fill(sigma.f.begin(), sigma.f.end(), sg);
+            if (bundle.few_step) std::fill(B.step_size.f.begin(), B.step_size.f.end(), few ? sched.step_size(i) : 0.0f);
             call->run();
             if (v_uu) {
                 for (std::size_t k = 0; k < lat; ++k) {

@@ -4,6 +4,7 @@
 //   qk_cpp_probe tokenize TOKENIZER.json MAX_LENGTH   < ["text", ...]   -> [{"ids", "mask", "truncated"}]
 //   qk_cpp_probe noise SEED COUNT                                       -> [float32 bit patterns]
 //   qk_cpp_probe sigmas STEPS SHIFT                                     -> [float32 bit patterns]
+//   qk_cpp_probe few_step_sigmas STEPS                                  -> [float32 bit patterns]
 //   qk_cpp_probe sha256 FILE...                                         -> ["hex", ...]
 //   qk_cpp_probe png IN.png OUT.rgb                                     -> {"width", "height"} + raw RGB
 //   qk_cpp_probe resize IN.png WIDTH HEIGHT OUT.png
@@ -127,6 +128,10 @@ int run(int argc, char** argv) {
         json out = json::array();
         for (float f : s.sigmas()) out.push_back(bits(f));
         std::cout << out.dump() << "\n";
+    } else if (cmd == "few_step_sigmas") {
+        json out = json::array();
+        for (float f : qk::few_step_sigmas(std::stoi(arg(2)))) out.push_back(bits(f));
+        std::cout << out.dump() << "\n";
     } else if (cmd == "sha256") {
         json out = json::array();
         for (int k = 2; k < argc; ++k) out.push_back(qk::sha256_file(argv[k]));
@@ -149,7 +154,8 @@ int run(int argc, char** argv) {
                              ? json{{"kind", "gate"}}
                              : json{{"kind", "changed"}, {"lo", c.lo}, {"hi", c.hi}, {"widen", c.widen}};
         std::cout << json{{"precision", b.precision}, {"sparse_attn", b.sparse_attn}, {"graphs", graphs}, {"sha", b.sha()},
-                          {"steps", b.sampler.steps}, {"composite", composite}}
+                          {"steps", b.sampler.steps}, {"composite", composite},
+                          {"few_step", b.few_step ? json(b.few_step->steps) : json()}}
                          .dump()
                   << "\n";
     } else if (cmd == "edits") {

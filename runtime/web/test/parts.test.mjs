@@ -1,6 +1,6 @@
 // The web runtime's parts against the Python runtime's, on cases tests/qk_runtime/test_web_runtime.py
 // writes with Python (tokenizers, numpy, Pillow) into the folder named by QK_WEB_CASES:
-// tokenizer ids, noise and sigma bits, Pillow's bilinear resize, guidance + Euler step, compositing,
+// tokenizer ids, noise and sigma bits (the few-step schedule's too), Pillow's bilinear resize, guidance + Euler step, compositing,
 // the region decoder's token choice, and which texts and boxes are refused. Run by that test:
 //     QK_WEB_CASES=DIR node --test runtime/web/test/
 import assert from "node:assert/strict";
@@ -13,7 +13,7 @@ import { InputError } from "../errors.js";
 import { resizeBilinear } from "../image.js";
 import { checkBox, checkText, scaleBox } from "../inputs.js";
 import { portableNormal } from "../noise.js";
-import { FlowMatchEulerScheduler, guidedVelocity } from "../sampler.js";
+import { FlowMatchEulerScheduler, fewStepSigmas, guidedVelocity } from "../sampler.js";
 import { activeTokenIndices } from "../session.js";
 import { Tokenizer } from "../tokenizer.js";
 
@@ -71,6 +71,19 @@ test("sigmas are bit-exact", { skip }, () => {
     s.setTimesteps(c.steps);
     assertSameBits(s.sigmas, f32(c.file), `sigmas steps=${c.steps} shift=${c.shift}`);
   }
+});
+
+test("few-step sigmas and step sizes are bit-exact", { skip }, () => {
+  for (const c of cases.few_step) {
+    const s = new FlowMatchEulerScheduler(1000, 3.0); // the shift does not touch a given schedule
+    s.setSigmas(fewStepSigmas(c.steps));
+    assertSameBits(s.sigmas, f32(c.file), `few-step sigmas steps=${c.steps}`);
+    const sizes = new Float32Array(c.steps);
+    for (let i = 0; i < c.steps; i++, s.index++) sizes[i] = s.stepSize;
+    assertSameBits(sizes, f32(c.step_sizes), `few-step step sizes steps=${c.steps}`);
+  }
+  assert.throws(() => new FlowMatchEulerScheduler().setSigmas([1, 0.5]), /decreasing/);
+  assert.throws(() => fewStepSigmas(0), RangeError);
 });
 
 test("guidance and the Euler step are bit-exact float32", { skip }, () => {
