@@ -44,6 +44,7 @@ DEFAULT_MODEL = REPO_ROOT / "engines" / "default" / "checkpoint"
 SETTINGS = {"box": True, "no_box": False}
 INSTRUCTIONS = ("template", "paraphrase")
 CHUNK = 16  # samples run together through the torch pipeline
+OUTCOME_DIGITS = 6  # per-edit drift (0-1 scale) in the per-item outcomes
 
 
 @dataclass
@@ -146,7 +147,9 @@ def _mean(values: list[float]) -> float | None:
 
 
 def edit_metrics(editor: Editor, split: str, n: int, settings: list[str], seed: int, progress: Callable,
-                 instructions: str = "template") -> dict:
+                 instructions: str = "template", outcomes: bool = False) -> dict:
+    """The edit figures; with `outcomes` also each edit's own (in test-item order, per setting:
+    `success` and `strict` 0/1, `drift`) under "outcomes", for paired comparisons and intervals."""
     if instructions not in INSTRUCTIONS:
         raise ValueError(f"instructions={instructions!r}; choose one of {list(INSTRUCTIONS)}")
     per = {s: {k: [] for k in EDIT_KINDS} for s in settings}
@@ -154,6 +157,7 @@ def edit_metrics(editor: Editor, split: str, n: int, settings: list[str], seed: 
     drift = {s: [] for s in settings}
     inside = {s: [] for s in settings}
     seams = {s: [] for s in settings}
+    items = {s: {"success": [], "strict": [], "drift": []} for s in settings}
     for start in progress(range(0, n, CHUNK), desc=f"edits ({CHUNK} a batch)"):
         ids = range(start, min(n, start + CHUNK))
         samples = [make_edit(split, i, editor.side, kind=EDIT_KINDS[i % len(EDIT_KINDS)]) for i in ids]
@@ -166,22 +170,31 @@ def edit_metrics(editor: Editor, split: str, n: int, settings: list[str], seed: 
                 per[s][sample.kind].append(bool(score["success"]))
                 strict[s][sample.kind].append(bool(score["strict"]))
                 drift[s].append(score["drift"])
+                items[s]["success"].append(int(bool(score["success"])))
+                items[s]["strict"].append(int(bool(score["strict"])))
+                items[s]["drift"].append(round(float(score["drift"]), OUTCOME_DIGITS))
                 inside[s].append(score["inside_error"])
                 if out.active is not None:
                     active = token_mask_to_pixels(out.active, sample.source.shape[0])
                     value = seam(out.image, sample.source, sample.mask, active)
                     if value is not None:
                         seams[s].append(value)
-    return {
+    result = {
         "edit_success": {s: _success_table(per[s]) for s in settings},
         "edit_success_strict": {s: _success_table(strict[s]) for s in settings},
         "drift": {s: _mean(drift[s]) for s in settings},
         "inside_error": {s: _mean(inside[s]) for s in settings},
         "seam": {s: _mean(seams[s]) for s in settings},
     }
+    if outcomes:
+        result["outcomes"] = {"edits": items if n else None}
+    return result
 
 
-def generation_metrics(editor: Editor, split: str, n: int, seed: int, progress: Callable, keep: list | None = None) -> dict:
+def generation_metrics(editor: Editor, split: str, n: int, seed: int, progress: Callable, keep: list | None = None,
+                       outcomes: bool = False) -> dict:
+    """gen_accuracy (v1.1 judge) and gen_accuracy_v1; with `outcomes` also each generation's
+    `correct` and `correct_v1` (0/1, in test-item order) under "outcomes"."""
     ok, ok_v1 = [], []
     for start in progress(range(0, n, CHUNK), desc=f"generations ({CHUNK} a batch)"):
         ids = range(start, min(n, start + CHUNK))
@@ -192,12 +205,19 @@ def generation_metrics(editor: Editor, split: str, n: int, seed: int, progress: 
             ok_v1.append(judge_generation_v1(out, scene))
         if keep is not None:  # the images, for FD-SW
             keep.extend(outs)
-    return {"gen_accuracy": _mean(ok), "gen_accuracy_v1": _mean(ok_v1)}
+    result = {"gen_accuracy": _mean(ok), "gen_accuracy_v1": _mean(ok_v1)}
+    if outcomes:
+        result["outcomes"] = {"generations": {"correct": [int(bool(x)) for x in ok], "correct_v1": [int(bool(x)) for x in ok_v1]}
+                              if n else None}
+    return result
 
 
 def evaluate(model: Path, *, split: str = "test", n: int = 500, gen_n: int | None = None, settings: list[str] | None = None,
              steps: int | None = None, seed: int = 0, backend: str = "auto", sparse: str = "none", progress: bool = True,
-             inception: Path | None = None, instructions: str = "template") -> dict:
+             inception: Path | None = None, instructions: str = "template", outcomes: bool = False) -> dict:
+    """qk-eval's figures of `model`; with `outcomes`, the per-item outcomes behind them under
+    "outcomes" ({"edits": {setting: {success, strict, drift}}, "generations": {correct, correct_v1}},
+    lists in test-item order), whose means are the figures."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; choose one of {list(SPLITS)}")
     if instructions not in INSTRUCTIONS:
@@ -210,17 +230,23 @@ def evaluate(model: Path, *, split: str = "test", n: int = 500, gen_n: int | Non
     result = {"model": str(model), "split": split, "n_edits": n, "n_generations": gen_n, "steps": steps, "seed": seed, "sparse": sparse,
               "instructions": instructions}
     generated: list = []  # filled by "generation", read by "fd"
+    items: dict = {}
     for name, fn in METRICS.items():
-        result.update(fn(editor=editor, split=split, n=n, gen_n=gen_n, settings=settings, seed=seed, progress=bar,
-                         generated=generated, inception=inception, instructions=instructions))
+        part = fn(editor=editor, split=split, n=n, gen_n=gen_n, settings=settings, seed=seed, progress=bar,
+                  generated=generated, inception=inception, instructions=instructions, outcomes=outcomes)
+        items.update(part.pop("outcomes", {}))
+        result.update(part)
+    if outcomes:
+        result["outcomes"] = {"edits": items.get("edits"), "generations": items.get("generations")}
     result["elapsed_s"] = round(time.perf_counter() - tic, 1)
     return result
 
 
 METRICS: dict[str, Callable[..., dict]] = {
-    "edit": lambda editor, split, n, settings, seed, progress, instructions, **_: edit_metrics(editor, split, n, settings, seed, progress,
-                                                                                              instructions),
-    "generation": lambda editor, split, gen_n, seed, progress, generated, **_: generation_metrics(editor, split, gen_n, seed, progress, generated),
+    "edit": lambda editor, split, n, settings, seed, progress, instructions, outcomes=False, **_: edit_metrics(
+        editor, split, n, settings, seed, progress, instructions, outcomes),
+    "generation": lambda editor, split, gen_n, seed, progress, generated, outcomes=False, **_: generation_metrics(
+        editor, split, gen_n, seed, progress, generated, outcomes),
     "fd": lambda editor, split, generated, inception, **_: fd_metrics(editor, split, generated, inception),
 }
 

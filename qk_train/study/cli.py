@@ -32,10 +32,29 @@ changes when any of its pixels does), per edit, averaged; precision and recall b
 Resumable: each model trains into `OUT/<arm>/seed<k>/<role>/` with qk-train's checkpoints and
 resumes from them; a finished model (its `final/` holds this config) is not trained again and
 an evaluation whose settings and model hashes match `OUT/<arm>/seed<k>/eval.json` is not rerun.
-Raising `--steps` continues every run. Outputs (written atomically): `--json` (default
-`benchmarks/results/study/study.json`) and the markdown tables beside it (`--table`, default the
-same name with `.md`). A run on the `tiny` preset, under 1000 steps or under 50 edits is a smoke
-run: the JSON and the tables say so in capitals, and no figure of it is evidence.
+Raising `--steps` continues every run. Each `eval.json` keeps qk-eval's figures and the per-item
+outcomes behind them (`outcomes`: per test edit, with and without the box, success, strict
+success and drift; per generation, correctness), beside its own pass (`details`).
+
+Intervals (`qk_train.study.stats`): every figure and every comparison of the claims carries a
+95 % percentile interval from 2,000 resamples of a two-level bootstrap over training seeds and
+test items (the same item draw for every drawn seed; comparisons between arms paired by seed
+and edit; fixed RNG seed). With one training seed the interval is over items only, and says so;
+FD-SW, a set statistic, is resampled over training seeds only and has no interval with one seed.
+A claim holds when its effect's interval lies on the claimed side of no effect and reaches the
+article's figure, is contradicted when the whole interval falls short of the figure, and is not
+shown otherwise (`qk_train.study.verdicts`).
+
+Outputs (written atomically): `--json` (default `benchmarks/results/study/study.json`): the
+command, preset, steps, seeds, eval sizes, wall time, machine, `statistics` (the interval method
+and the verdict rule), per arm its figures (`edit_success`, `edit_success_strict`, `drift`, `fd`,
+`gen_accuracy`, ...: means over seeds), `per_seed`, `spread` and `ci95` (per figure `estimate`,
+`lo`, `hi`, `over`), and `claims` (per claim the article's figure, ours, `effects` with their
+intervals, the verdict, why, and the scale); and the markdown tables beside it (`--table`,
+default the same name with `.md`): the arms with each figure's interval, and the claims with the
+article's figure, ours with its interval, the verdict and the scale it was measured at. A run on
+the `tiny` preset, under 1000 steps or under 50 edits is a smoke run: the JSON and the tables say
+so in capitals, and no figure of it is evidence.
 """
 from __future__ import annotations
 

@@ -30,11 +30,13 @@ from .arms import (
     smoke_reasons,
     trainable_parameters,
 )
-from .report import METRIC_NOTES, arm_entry, write_study
-from .verdicts import claims
+from .report import METRIC_NOTES, arm_entry, arm_samples, write_study
+from .stats import method_note
+from .verdicts import VERDICT_RULE, claims
 
 STABILITY_SEED_STRIDE = 100_003  # noise seed of edit i under stability seed k: k * stride + i (k = 0: qk-eval's)
-EVAL_VERSION = 1  # bump when the evaluation changes, so that stored evaluations are redone
+EVAL_VERSION = 2  # bump when the evaluation changes, so that stored evaluations are redone (2: per-item outcomes kept)
+DRIFT_DIGITS = 6  # per-edit drift (0-1 scale) as stored in eval.json
 
 
 # --------------------------------------------------------------------------- training
@@ -162,8 +164,8 @@ def details_pass(model_path: Path, opts: Options, probe_sets: bool, progress: bo
     result = {
         "n": n, "noise_seeds": opts.stability_seeds, "kinds": [s.kind for s in samples],
         "probe_pair": [_edit_involves_probe(s) for s in samples],
-        "success": success.astype(int).tolist(), "drift": drift.tolist(),
-        "gate": None if not has_gate else {k: [o[k] for o in overlap] for k in ("iou", "precision", "recall")},
+        "success": success.astype(int).tolist(), "drift": _rounded(drift),
+        "gate": None if not has_gate else {k: _rounded([o[k] for o in overlap], 4) for k in ("iou", "precision", "recall")},
     }
     if probe_sets:
         result["probe_sets"] = {}
@@ -171,8 +173,41 @@ def details_pass(model_path: Path, opts: Options, probe_sets: bool, progress: bo
             outs = _run_edits(pipe, list(ps), list(range(len(ps))), opts.sample_steps)
             scores = [score_edit(o.image, s) for o, s in zip(outs, ps)]
             result["probe_sets"][name] = {"n": len(ps), "success": [int(s["success"]) for s in scores],
-                                          "drift": [s["drift"] for s in scores], "kinds": [s.kind for s in ps]}
+                                          "drift": _rounded([s["drift"] for s in scores]), "kinds": [s.kind for s in ps]}
     return result
+
+
+def _rounded(values, digits: int = DRIFT_DIGITS) -> list[float]:
+    return [round(float(v), digits) for v in values]
+
+
+def evaluate_with_outcomes(model: Path, n: int, gen_n: int, steps: int | None, progress: bool) -> tuple[dict, dict]:
+    """qk-eval's figures of `model` on the test split (both box settings, seed 0, template
+    instructions) and the per-item outcomes behind them (`evaluate(..., outcomes=True)`): per edit
+    and setting `success` (v1), `strict` (0/1) and `drift`; per generation `correct` (the v1.1
+    judge) and `correct_v1`. The figures are checked to be the means of the outcomes."""
+    from ..eval.evaluate import evaluate
+
+    result = evaluate(model, split="test", n=n, gen_n=gen_n, steps=steps, seed=0, progress=progress, outcomes=True)
+    outcomes = result.pop("outcomes")
+    _check_outcomes(result, outcomes)
+    return result, outcomes
+
+
+def _check_outcomes(result: dict, outcomes: dict) -> None:
+    """The per-item outcomes must give qk-eval's own figures back; a mismatch is a bug, not a result."""
+    pairs = []
+    if outcomes["edits"]:
+        for s, o in outcomes["edits"].items():
+            pairs += [(f"edit_success[{s}]", result["edit_success"][s]["overall"], np.mean(o["success"])),
+                      (f"edit_success_strict[{s}]", result["edit_success_strict"][s]["overall"], np.mean(o["strict"])),
+                      (f"drift[{s}]", result["drift"][s], np.mean(o["drift"]))]
+    if outcomes["generations"]:
+        pairs.append(("gen_accuracy", result["gen_accuracy"], np.mean(outcomes["generations"]["correct"])))
+    for name, theirs, ours in pairs:
+        if abs(theirs - ours) > 1e-5:
+            raise StudyError(f"per-item outcomes do not reproduce qk-eval's {name}: {ours} vs {theirs}; "
+                             "the recorded outputs do not match the evaluated ones")
 
 
 def _sha(path: Path) -> str:
@@ -184,7 +219,6 @@ def _sha(path: Path) -> str:
 def evaluate_arm(arm: Arm, finals: dict[str, Path], opts: Options, path: Path, progress: bool) -> tuple[dict, bool]:
     """(the arm-seed evaluation, whether it ran now). Stored in `path`; rerun only when its key changes."""
     from ..checkpoint import atomic_write_bytes
-    from ..eval.evaluate import evaluate
 
     key = {"version": EVAL_VERSION, "n": opts.n, "gen_n": opts.gen_n, "sample_steps": opts.sample_steps,
            "stability_seeds": opts.stability_seeds, "stability_n": opts.stability_n,
@@ -194,17 +228,19 @@ def evaluate_arm(arm: Arm, finals: dict[str, Path], opts: Options, path: Path, p
         if stored.get("key") == key:
             return stored, False
     tic = time.perf_counter()
-    common = dict(split="test", settings=["box", "no_box"], steps=opts.sample_steps, seed=0, progress=progress)
     if arm.dual:
-        qk_edit = evaluate(finals["edit"], n=opts.n, gen_n=0, **common)
-        qk_gen = evaluate(finals["gen"], n=0, gen_n=opts.gen_n, **common)
+        qk_edit, out_edit = evaluate_with_outcomes(finals["edit"], opts.n, 0, opts.sample_steps, progress)
+        qk_gen, out_gen = evaluate_with_outcomes(finals["gen"], 0, opts.gen_n, opts.sample_steps, progress)
         qk = {"edit": qk_edit, "gen": qk_gen}
+        outcomes = {"edits": out_edit["edits"], "generations": out_gen["generations"]}
         edit_model = finals["edit"]
     else:
-        qk = {"model": evaluate(finals["model"], n=opts.n, gen_n=opts.gen_n, **common)}
+        qk_model, outcomes = evaluate_with_outcomes(finals["model"], opts.n, opts.gen_n, opts.sample_steps, progress)
+        qk = {"model": qk_model}
         edit_model = finals["model"]
     details = details_pass(edit_model, opts, arm.probe_sets, progress)
-    record = {"key": key, "arm": arm.name, "qk_eval": qk, "details": details, "wall_s": time.perf_counter() - tic}
+    record = {"key": key, "arm": arm.name, "qk_eval": qk, "outcomes": outcomes, "details": details,
+              "wall_s": time.perf_counter() - tic}
     atomic_write_bytes(path, (json.dumps(record) + "\n").encode())
     return record, True
 
@@ -289,7 +325,9 @@ def run_study(opts: Options) -> dict:
     params = {}
     for arm in trained:
         params[arm.name] = sum(trainable_parameters(member_config(opts, m, opts.seeds[0])) for m in arm.members)
-    entries = {a.name: arm_entry(a, list(opts.seeds), records[a.name], params[a.name], train_info[a.name]) for a in trained}
+    samples = {a.name: arm_samples(records[a.name]) for a in trained}
+    entries = {a.name: arm_entry(a, list(opts.seeds), records[a.name], params[a.name], train_info[a.name], samples[a.name])
+               for a in trained}
     arm_list = []
     for a in arms:
         if a.alias_of is None:
@@ -313,9 +351,12 @@ def run_study(opts: Options) -> dict:
                           "edited object; background edits use the fifth background, which no arm was trained on"},
         "fd_metric": "FD-SW (ShapeWorld classifier features), not Inception FID",
         "metrics": METRIC_NOTES,
+        "statistics": {**method_note(), "verdict_rule": VERDICT_RULE},
         "arms": arm_list,
     }
-    study["claims"] = claims({a["name"]: a for a in arm_list}, bool(reasons))
+    arm_samples_by_name = {a["name"]: samples[a.get("alias_of") or a["name"]] for a in arm_list}
+    scale = {"preset": opts.preset, "steps": base.train.steps, "seeds": list(opts.seeds), "eval": study["eval"]}
+    study["claims"] = claims({a["name"]: a for a in arm_list}, arm_samples_by_name, bool(reasons), scale)
     write_study(study, opts.json_path, opts.table_path)
     return study
 

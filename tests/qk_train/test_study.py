@@ -1,10 +1,12 @@
-"""qk-study on the tiny preset: every arm trained, evaluated and tabulated; resuming skips finished work."""
+"""qk-study on the tiny preset: every arm trained, evaluated and tabulated with intervals; resuming skips finished work."""
 import json
 import re
 
+import numpy as np
 import pytest
 
 from qk_train import study
+from qk_train.study.stats import OVER_ITEMS, mean_interval
 from qk_train.train import resolve_config
 
 ARGS = ["--preset", "tiny", "--steps", "2", "--seeds", "0", "--n", "5", "--gen-n", "3", "--sample-steps", "1",
@@ -90,6 +92,37 @@ def test_the_tables_numbers_are_the_jsons(smoke):
         assert any(c["claim"].startswith(claim) for c in r["claims"]), claim
 
 
+def test_the_study_carries_intervals_from_per_item_outcomes(smoke):
+    root, _ = smoke
+    r, md = _load(root)
+    assert r["statistics"]["resamples"] == 2000 and r["statistics"]["level"] == 0.95
+    assert "holds" in r["statistics"]["verdict_rule"] and "contradicted" in r["statistics"]["verdict_rule"]
+    for a in r["arms"]:
+        for key in ("edit_success", "edit_success_strict", "drift", "gen_accuracy", "colour_drift", "stable_share"):
+            iv = a["ci95"][key]
+            assert iv["lo"] - 1e-6 <= a[key] <= iv["hi"] + 1e-6 and iv["over"] == OVER_ITEMS, (a["name"], key)
+        assert a["ci95"]["fd"]["lo"] is None and "one training seed" in a["ci95"]["fd"]["over"]  # one seed: no FD-SW interval
+    # each arm-seed's eval.json keeps the per-item outcomes: they give qk-eval's figures and the JSON's intervals back
+    full = next(a for a in r["arms"] if a["name"] == "full")
+    rec = json.loads((root / "runs" / "full" / "seed0" / "eval.json").read_text())
+    box = rec["outcomes"]["edits"]["box"]
+    assert len(box["success"]) == len(box["strict"]) == len(box["drift"]) == 5 and set(box["success"] + box["strict"]) <= {0, 1}
+    assert len(rec["outcomes"]["generations"]["correct"]) == 3 and len(rec["outcomes"]["edits"]["no_box"]["success"]) == 5
+    assert np.mean(box["success"]) == full["edit_success"] and np.mean(box["drift"]) == pytest.approx(full["drift"], abs=1e-5)
+    assert mean_interval([box["drift"]]).lo == pytest.approx(full["ci95"]["drift"]["lo"], abs=1e-6)
+    dual = json.loads((root / "runs" / "dual" / "seed0" / "eval.json").read_text())["outcomes"]
+    assert len(dual["edits"]["box"]["success"]) == 5 and len(dual["generations"]["correct"]) == 3  # edit model, gen model
+    # the claims: effects with intervals, the scale, the rule under the table
+    cmg = next(c for c in r["claims"] if c["claim"].startswith("CMG cuts"))
+    e = cmg["effects"][0]
+    assert e["lo"] <= e["estimate"] <= e["hi"] and e["figure"] == pytest.approx(1 / 3) and "95 % CI" in cmg["ours"]
+    assert cmg["scale"] == "preset tiny, 2 steps, 1 seed(s), 5 edits"
+    assert "| claim | article | ours (95 % interval) | verdict | measured at |" in md
+    assert study.VERDICT_RULE in md and "2,000 resamples" in md
+    drift_cell = _table_rows(md)["full"]["drift"]
+    assert drift_cell == f"{full['drift']:.4f} [{full['ci95']['drift']['lo']:.4f}, {full['ci95']['drift']['hi']:.4f}]"
+
+
 def test_resuming_skips_finished_arms_and_redoes_only_what_is_missing(smoke):
     root, args = smoke
     evals = {p: p.stat().st_mtime_ns for p in (root / "runs").glob("*/seed0/eval.json")}
@@ -133,40 +166,3 @@ def test_seed_stats_reports_the_spread():
 def test_dual_sizing_matches_the_small_preset_within_two_percent():
     sizing = study.dual_sizing(resolve_config("small", [], None))
     assert abs(sizing["ratio"] - 1.0) < 0.02 and sizing["width"] < sizing["full_width"]
-
-
-def _arm(name, **figures):
-    """An arm entry as arm_entry makes it, from per-seed figures (two training seeds)."""
-    base = {"edit_success": [0.5, 0.6], "drift": [0.010, 0.012], "colour_drift": [0.010, 0.012], "fd": [10.0, 12.0],
-            "fd_floor": [2.0, 2.0], "stable_share": [0.4, 0.5], "gate_iou": [0.7, 0.8], "gate_precision": [0.8, 0.8],
-            "gate_recall": [0.9, 0.9], **{f"success_{k}": [0.5, 0.5] for k in ("colour", "remove", "insert", "move", "resize")}}
-    base.update(figures)
-    entry = {"name": name, "seeds": [0, 1], "per_seed": base}
-    entry.update({k: (None if None in v else sum(v) / len(v)) for k, v in base.items()})
-    return entry
-
-
-def test_claim_verdicts_follow_the_stated_rules():
-    arms = {
-        "full": _arm("full", probe_held_in=[0.6, 0.6], probe_held_out_pairs=[0.3, 0.3], probe_background=[0.6, 0.6]),
-        "no_cmg": _arm("no_cmg", drift=[0.020, 0.030], gate_iou=[None, None]),  # full's drift is 50 %+ lower, every seed
-        "no_gateway": _arm("no_gateway", edit_success=[0.2, 0.3], colour_drift=[0.011, 0.013], stable_share=[0.1, 0.3]),
-        "dual": _arm("dual", edit_success=[0.55, 0.5], fd=[20.0, 30.0]),  # seed 0: dual beats full on edits
-        "probe": _arm("probe", probe_held_in=[0.6, 0.6], probe_held_out_pairs=[0.3, 0.3], probe_background=[0.6, 0.6]),
-    }
-    rows = study.claims(arms, smoke=False)
-
-    def verdict(prefix):
-        return next(c["verdict"] for c in rows if c["claim"].startswith(prefix))
-
-    assert verdict("CMG cuts") == "holds"
-    assert verdict("Attribute edits") == "does not hold"  # 9 % lower, not 40 %
-    assert verdict("Unified beats") == "does not hold"  # not in every seed against dual
-    assert verdict("Joint training") == "holds"  # FD-SW 11 vs 25: 56 % lower, every seed
-    assert verdict("Query gateway") == "holds"  # 0.45 / 0.2 = 2.25x, every seed
-    assert verdict("Generalizes") == "does not hold"  # 0.3 on held-out pairs vs 0.6 held-in
-    for prefix in ("Edit success per task", "Users prefer", "LPIPS"):
-        assert verdict(prefix) == "cannot be tested here"
-    arms["full"]["per_seed"]["drift"] = [0.010, 0.035]  # seed 1: full drifts more than no_cmg
-    assert study.claims(arms, smoke=False)[0]["verdict"] == "does not hold"
-    assert "IoU 0.750" in study.claims(arms, smoke=False)[0]["why"]  # the gate explains why
