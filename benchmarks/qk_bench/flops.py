@@ -10,6 +10,7 @@ conditioning tokens (text + kontext), MLP width `F`:
 
     x_embed      2 B N (in_ch p^2) D      every token is embedded before the active ones are gathered
     t_embed      2 B (128 D + D D)        the timestep MLP
+    d_embed      2 B (128 D + D D)        the step-size MLP (models with step-size conditioning, bundle format 5)
     pool_proj    2 B Wt D,  flag_embed 2 B 2 D,  text_proj 2 B L Wt D
     per block:   ada 2 B D 6D; self q, kv, out 2 B A D (D + 2D + D); scores and weights x v 2 x 2 B A A' D
                  (A' = A dense, w^2 in w x w windows); cross q, out 2 B A D 2D; cross kv 2 B S D 2D;
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 TIMESTEP_FREQ_DIM = 128  # TimestepEmbedding's sinusoid width (qk_train.models.layers)
 
 # parts an INT8 bundle keeps in float (qk_export.quantize.SENSITIVE["decoder"] plus attention products)
-FLOAT_PARTS = frozenset({"x_embed", "source_embed", "t_embed", "pool_proj", "flag_embed", "ada",
+FLOAT_PARTS = frozenset({"x_embed", "source_embed", "t_embed", "d_embed", "pool_proj", "flag_embed", "ada",
                          "self_attn_products", "cross_attn_products", "final_ada", "final_linear"})
 
 
@@ -51,6 +52,7 @@ class DecoderShape:
     source_mode: str = "channel"  # "channel" | "sequence"
     window: int = 0  # w: self-attention in w x w token windows; 0 dense
     step_condition: bool = True  # the step takes decoder_cond's outputs (format 3), not the text
+    step_size_cond: bool = False  # the step also embeds the sampler's step size (few-step models)
 
     @property
     def tokens(self) -> int:
@@ -74,7 +76,8 @@ class DecoderShape:
                    latent_size=d.latent_size, text_length=d.max_length,
                    text_width=d.text_width, kontext_tokens=d.kontext_tokens,
                    source_mode=dec.get("source_mode", "channel"), window=int(dec.get("attn_window") or 0),
-                   step_condition=int(manifest.get("format_version", 1)) >= 3)
+                   step_condition=int(manifest.get("format_version", 1)) >= 3,
+                   step_size_cond=bool(dec.get("step_size_cond", False)))
 
     @classmethod
     def from_config(cls, cfg, text_width: int) -> "DecoderShape":
@@ -85,7 +88,7 @@ class DecoderShape:
                    latent_channels=cfg.latent_channels, latent_size=cfg.data.image_size // cfg.factor,
                    text_length=cfg.text.max_length, text_width=text_width,
                    kontext_tokens=cfg.gateway.num_queries if cfg.gateway.enabled else 0,
-                   source_mode=dec.source_mode, window=dec.attn_window)
+                   source_mode=dec.source_mode, window=dec.attn_window, step_size_cond=dec.step_size_cond)
 
 
 def decoder_step_flops(s: DecoderShape, batch: int, active: int | None = None) -> dict:
@@ -112,6 +115,7 @@ def decoder_step_flops(s: DecoderShape, batch: int, active: int | None = None) -
         "x_embed": mm(B * N, in_ch * p * p, D),
         "source_embed": mm(B * N, (C + 1) * p * p, D) if s.source_mode == "sequence" else 0,
         "t_embed": mm(B, TIMESTEP_FREQ_DIM, D) + mm(B, D, D),
+        "d_embed": mm(B, TIMESTEP_FREQ_DIM, D) + mm(B, D, D) if s.step_size_cond else 0,
         "pool_proj": mm(B, s.text_width, D),
         "flag_embed": mm(B, 2, D),
         "text_proj": mm(B * s.text_length, s.text_width, D),

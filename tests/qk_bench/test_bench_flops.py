@@ -71,24 +71,29 @@ def test_region_and_window_by_hand():
         decoder_step_flops(TINY, 1, active=17)
 
 
-@pytest.mark.parametrize("window,active,mode", [(0, None, "channel"), (0, 4, "channel"), (2, None, "channel"),
-                                                (0, None, "sequence"), (0, 8, "sequence")])
-def test_against_flop_counter(window, active, mode):
+@pytest.mark.parametrize("window,active,mode,step_size", [(0, None, "channel", False), (0, 4, "channel", False),
+                                                          (2, None, "channel", False), (0, None, "sequence", False),
+                                                          (0, 8, "sequence", False), (0, None, "channel", True),
+                                                          (0, 4, "channel", True)])
+def test_against_flop_counter(window, active, mode, step_size):
     torch = pytest.importorskip("torch")
     from torch.utils.flop_counter import FlopCounterMode
 
     from qk_train.config import load_preset
     from qk_train.models.dit import DiT
 
-    cfg = load_preset("tiny").replace(decoder={"attn_window": window, "source_mode": mode})
+    cfg = load_preset("tiny").replace(decoder={"attn_window": window, "source_mode": mode, "step_size_cond": step_size})
     shape = DecoderShape.from_config(cfg, cfg.text.width)
-    assert shape == DecoderShape(**{**TINY.__dict__, "window": window, "source_mode": mode, "step_condition": True})
+    assert shape == DecoderShape(**{**TINY.__dict__, "window": window, "source_mode": mode, "step_condition": True,
+                                    "step_size_cond": step_size})
     dit = DiT(cfg.decoder, cfg.latent_channels, cfg.text.width).eval()
     B, h, L = 3, 32, 24
     x, sigma, source = torch.randn(B, 3, h, h), torch.rand(B), torch.randn(B, 3, h, h)
     text, mask, kontext, flags = torch.randn(B, L, 32), torch.ones(B, L), torch.randn(B, 4, 32), torch.ones(B, 2)
     ones = torch.ones(B, 1, h, h)
     kwargs = {"active": torch.arange(active)[None].expand(B, -1)} if active else {}
+    if step_size:  # a few-step model's step also embeds the step size
+        kwargs["step_size"] = torch.full((B,), 0.25)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:  # the whole forward: condition + step
         dit(x, sigma, text, mask, kontext, source, ones, ones, flags, **kwargs)
     full = DecoderShape(**{**shape.__dict__, "step_condition": False})
