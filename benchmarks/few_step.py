@@ -8,7 +8,8 @@ JSON per (model, step count) from a folder and writes the table beside them:
     qk-eval --model MODEL --split val --n 200 --gen-n 100 --box-only --steps S --json DIR/<label>_s<S>.json
     python benchmarks/few_step.py DIR          # DIR/few_step.md (and prints it)
 
-An optional DIR/runs.json ({"machine", "date", "eval", "models": {label: how it was made}}) is
+An optional DIR/latency.json (edit latency at 4 and 20 steps against the torch reference's 20,
+from runtime_smoke.py) is summarised too; an optional DIR/runs.json ({"machine", "date", "eval", "models": {label: how it was made}}) is
 written under the table.
 
 Labels name the models (for example `finetuned` and `base`); rows are sorted by label, then by
@@ -71,6 +72,13 @@ def table(folder: Path) -> str:
         info = json.loads(runs.read_text())
         lines += ["", f"Machine: {info.get('machine', '?')}, {info.get('date', '?')}. Evaluation: `{info.get('eval', '')}`.", ""]
         lines += [f"- `{label}`: {what}" for label, what in sorted((info.get("models") or {}).items())]
+    latency = folder / "latency.json"  # optional: runtime_smoke.py timings at a few and at 20 steps
+    if latency.is_file():
+        lat = json.loads(latency.read_text())
+        lines += ["", f"Edit latency ({lat.get('machine', '?')}, {lat.get('date', '?')}): the torch reference, FP32 eager, "
+                  f"takes {lat['torch_reference_20_steps_ms']:.0f} ms at 20 steps; how many times faster each runtime is:", "",
+                  "| backend | at 4 steps | at 20 steps |", "|---|---|---|"]
+        lines += [f"| {name} | {r['4_steps']:.1f}x | {r['20_steps']:.1f}x |" for name, r in lat["ratios_vs_torch_20_steps"].items()]
     md = "\n".join(lines) + "\n"
     (folder / "few_step.md").write_text(md)
     return md
