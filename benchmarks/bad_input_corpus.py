@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from qk_bench.bad_inputs import CLASSES, OUTCOMES, Workspace, all_cases, fast_cases, run_cases, summary_line
+from qk_bench.bad_input_cases import all_cases, fast_cases
+from qk_bench.bad_inputs import CLASSES, OUTCOMES, Workspace, run_cases, summary_line
 from qk_bench.machine import describe
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "cpu-2core" / "bad_input_corpus.json"

@@ -9,7 +9,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'query-kontext[serve]')")
 
-from qk_bench.bad_inputs import CLASSES, Result, Workspace, all_cases, classify_message, fast_cases, run_cases, summary_line  # noqa: E402
+from qk_bench.bad_input_cases import all_cases, fast_cases  # noqa: E402
+from qk_bench.bad_inputs import CLASSES, Result, Workspace, classify_message, run_cases, summary_line  # noqa: E402
 
 
 def test_the_corpus_covers_every_class_with_300_cases_or_more():
