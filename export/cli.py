@@ -97,8 +97,11 @@ def _check(bundle: str) -> int:
     for problem in problems:
         print(problem)
     print(f"TensorRT readiness of {bundle}: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    if problems:  # folding reads every graph; one the check found unreadable or wrong would fail there
+        print("constant folding (Polygraphy sanitize): not run: fix the problems above first", file=sys.stderr)
+        return 1
     _fold(bundle)
-    return 0 if not problems else 1
+    return 0
 
 
 def _fold(bundle: str) -> None:

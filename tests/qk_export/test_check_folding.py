@@ -49,3 +49,19 @@ def test_folding_counts_what_is_left_to_fold(tmp_path):
     from polygraphy.backend.onnx import fold_constants
 
     assert len(fold_constants(loaded, copy=True).graph.node) == 1
+
+
+def test_a_bundle_with_a_broken_graph_is_reported_without_folding(fp32_bundle, tmp_path, capsys):
+    """An empty graph file whose sha256 the manifest was updated to: the readiness check names it
+    and folding is not attempted (no traceback from reading it)."""
+    import shutil
+
+    bundle = shutil.copytree(fp32_bundle, tmp_path / "b")
+    graph = bundle / "gateway.onnx"
+    graph.write_bytes(b"")
+    m = json.loads((bundle / "manifest.json").read_text())
+    m["files"]["gateway.onnx"] = hashlib.sha256(b"").hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    assert main(["--check", str(bundle)]) == 1
+    captured = capsys.readouterr()
+    assert "not run: fix the problems above first" in captured.err and "Traceback" not in captured.err
