@@ -377,6 +377,48 @@ def generation_findings(image: np.ndarray, scene: Scene) -> dict:
     return {"found": found, "extra_objects": _extra_objects(img, matched)}
 
 
+# What the v1.1 judge saw of one asked-for object, in the order a drawing gets it right.
+OBJECT_VERDICTS = ("missing", "too_small", "misplaced", "wrong_shape", "misshapen", "found")
+
+
+def object_verdicts(image: np.ndarray, scene: Scene) -> list[str]:
+    """For each object of `scene`, why the v1.1 judge finds it in `image` ((side, side, 3) uint8)
+    or does not (`_object_verdict`); "found" exactly where `generation_findings` says found."""
+    side = scene.side
+    img = _check_image(image, (side, side, 3), "image")
+    return [_object_verdict(img, obj, side) for obj in scene.objects]
+
+
+def _object_verdict(img: np.ndarray, obj: Obj, side: int) -> str:
+    """Why the v1.1 judge finds, or does not find, `obj` in a float (side, side, 3) image: the
+    furthest of OBJECT_VERDICTS any component of its colour reaches. "missing": no pixel within
+    COLOUR_DIST of its colour; "too_small": only components under JUDGE_MIN_AREA of its true
+    area; "misplaced": none of the big enough ones has its bounding-box centre in the object's
+    grid cell; "wrong_shape": one there fits another shape best; "misshapen": its shape fits
+    best but with IoU under SHAPE_IOU; "found": `_find_object` finds it."""
+    true_area = int(object_mask(obj, side).sum())
+    want = position_name(obj.cx, obj.cy, side)
+    candidates = _distance(img, PALETTE[obj.colour]) <= COLOUR_DIST  # (side, side)
+    if not candidates.any():
+        return "missing"
+    best = 1  # "too_small"
+    for comp in connected_components(candidates):
+        if comp.sum() < JUDGE_MIN_AREA * true_area:
+            break  # sorted largest first
+        best = max(best, 2)  # "misplaced"
+        cx, cy, _ = _box_geometry(comp)
+        if position_name(cx, cy, side) != want:
+            continue
+        shape, iou = shape_fit(comp)
+        if shape != obj.shape:
+            best = max(best, 3)
+        elif iou < SHAPE_IOU:
+            best = max(best, 4)
+        else:
+            return "found"
+    return OBJECT_VERDICTS[best]
+
+
 def judge_generation(image: np.ndarray, scene: Scene) -> bool:
     """v1.1: True when every object of `scene` is visible in `image` ((side, side, 3) uint8) with
     its colour, shape (IoU >= 0.6) and grid position, and nothing else of a palette colour is

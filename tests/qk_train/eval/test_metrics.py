@@ -24,6 +24,7 @@ from qk_train.eval.metrics import (
     generation_findings,
     judge_generation,
     judge_generation_v1,
+    object_verdicts,
     score_edit,
     seam,
     shape_fit,
@@ -407,3 +408,30 @@ def test_judge_v1_1_rejects_merged_and_missing_objects():
 def test_metric_registry():
     assert METRICS["edit"] is score_edit and METRICS["generation"] is judge_generation
     assert METRICS["generation_v1"] is judge_generation_v1 and METRICS["seam"] is seam
+
+
+def test_object_verdicts_name_what_is_wrong_with_each_object():
+    asked = Obj("circle", "orange", "large", 32.5, 32.5, 12.0)
+    scene = Scene(64, "slate", (asked,), 5)
+    empty = render(replace(scene, objects=()))
+
+    def verdict(objects, image=None):
+        image = render(replace(scene, objects=objects)) if image is None else image
+        return object_verdicts(image, scene)[0]
+
+    assert verdict((asked,)) == "found"
+    assert verdict(()) == "missing"
+    assert verdict((replace(asked, r=3.0),)) == "too_small"  # about 6 % of the asked-for area
+    assert verdict((replace(asked, cx=52.5, cy=52.5, r=9.0),)) == "misplaced"  # bottom right, not centre
+    assert verdict((replace(asked, shape="triangle"),)) == "wrong_shape"
+    m = object_mask(asked, 64)
+    yy, xx = np.mgrid[:64, :64]
+    speckled = render(scene)
+    holes = m & ((yy + xx) % 2 == 1)
+    speckled[holes] = empty[holes]
+    assert verdict(None, speckled) == "misshapen"  # a circle still fits best, with IoU under 0.6
+    # "found" is exactly the judge's finding, object by object, on a model-like mix of cases
+    for i in range(12):
+        image, _, sc = make_generation("val", i)
+        shifted = np.roll(image, 9 * (i % 3), axis=1)
+        assert [v == "found" for v in object_verdicts(shifted, sc)] == generation_findings(shifted, sc)["found"]
