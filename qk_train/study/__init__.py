@@ -4,7 +4,7 @@
 | module | what |
 |---|---|
 | `arms.py` | the arms and their models' config changes, the dual pipeline's sizing, the options, smoke runs |
-| `run.py` | training and evaluating every arm per seed (resumable), the whole study run, `--plan` |
+| `run.py` | training and evaluating every arm per seed (resumable, from the stored evaluations alone where the models are gone), the whole study run, `--plan` |
 | `report.py` | per-seed figures, their spread and 95 % intervals (the JSON's arm entries), the markdown tables, writing both |
 | `stats.py` | 95 % intervals: a two-level bootstrap over training seeds and test items, for one arm or a paired comparison |
 | `verdicts.py` | the article's claims, each with its figure, ours with its interval, and a verdict by the interval rule |

@@ -34,7 +34,14 @@ resumes from them; a finished model (its `final/` holds this config) is not trai
 an evaluation whose settings and model hashes match `OUT/<arm>/seed<k>/eval.json` is not rerun.
 Raising `--steps` continues every run. Each `eval.json` keeps qk-eval's figures and the per-item
 outcomes behind them (`outcomes`: per test edit, with and without the box, success, strict
-success and drift; per generation, correctness), beside its own pass (`details`).
+success and drift; per generation, correctness), beside its own pass (`details`), its members'
+resolved training configs (`configs`) and their steps and step times (`train`).
+
+To resume on another machine, keep OUT's small files (commit them): `study_config.json`,
+`timings.json` and every `<arm>/seed<k>/eval.json`; the model folders may go. An arm-seed whose
+models are all absent is then neither trained nor evaluated when its `eval.json` was made with the
+same evaluation settings and the same training configs (training is deterministic given the
+config); otherwise its models are trained again, and a line on stderr says why.
 
 Intervals (`qk_train.study.stats`): every figure and every comparison of the claims carries a
 95 % percentile interval from 2,000 resamples of a two-level bootstrap over training seeds and
@@ -141,9 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nqk-study: interrupted; run the same command to resume", file=sys.stderr)
         return 130
     done = study["this_call"]
+    reused = f" ({len(done['reused_without_models'])} arm-seed(s) from eval.json, models absent)" if done["reused_without_models"] else ""
     full = next((a for a in study["arms"] if a["name"] == "full"), None)
     head = f"; full: edit success {full['edit_success']:.3f}, drift {full['drift']:.4f}, FD-SW {full['fd']:.3f}" if full and full["fd"] is not None else ""
     print(f"qk-study: {len(study['arms'])} arms x {len(opts.seeds)} seed(s); trained {len(done['trained'])}, evaluated "
-          f"{len(done['evaluated'])}, skipped {len(done['skipped'])}{head}; wrote {opts.json_path} and {opts.table_path}"
+          f"{len(done['evaluated'])}, skipped {len(done['skipped'])}{reused}{head}; wrote {opts.json_path} and {opts.table_path}"
           + (" (SMOKE RUN: NOT EVIDENCE)" if study["smoke"] else ""))
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import ModelConfig, from_dict
+from ..config import ConfigError, ModelConfig, from_dict
 from ..data.shapeworld import EDIT_KINDS, make_edit
 from .arms import (
     PROBE_BACKGROUND,
@@ -30,7 +30,7 @@ from .arms import (
     smoke_reasons,
     trainable_parameters,
 )
-from .report import METRIC_NOTES, arm_entry, arm_samples, write_study
+from .report import METRIC_NOTES, arm_entry, arm_samples, seed_figures, write_study
 from .stats import method_note
 from .verdicts import VERDICT_RULE, claims
 
@@ -71,7 +71,8 @@ def train_member(cfg: ModelConfig, run_dir: Path, progress: bool) -> tuple[Path,
 
 
 def step_rates(run_dir: Path, cfg: ModelConfig) -> dict:
-    """Seconds per step of each stage, from the last qk-train log line of the stage (img/s over the last call)."""
+    """Seconds per step of each stage, from the last qk-train log line of the stage (img/s over the last call);
+    {} where the run folder or its log is absent (a study resumed from its stored evaluations)."""
     rates: dict = {}
     log = run_dir / "log.jsonl"
     if log.exists():
@@ -216,16 +217,109 @@ def _sha(path: Path) -> str:
     return sha256_file(path / "model.safetensors")
 
 
-def evaluate_arm(arm: Arm, finals: dict[str, Path], opts: Options, path: Path, progress: bool) -> tuple[dict, bool]:
-    """(the arm-seed evaluation, whether it ran now). Stored in `path`; rerun only when its key changes."""
+def eval_settings(arm: Arm, opts: Options) -> dict:
+    """Everything but the models that decides an arm-seed's evaluation: its stored key, less the model hashes."""
+    return {"version": EVAL_VERSION, "n": opts.n, "gen_n": opts.gen_n, "sample_steps": opts.sample_steps,
+            "stability_seeds": opts.stability_seeds, "stability_n": opts.stability_n,
+            "probe_n": opts.probe_n if arm.probe_sets else None}
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StudyError(f"{path}: cannot read {what} ({exc}); {fix}") from None
+    if not isinstance(value, dict):
+        raise StudyError(f"{path}: {what} should be a JSON object, found {type(value).__name__}; {fix}")
+    return value
+
+
+def load_evaluation(path: Path) -> dict:
+    """A stored arm-seed evaluation, checked to hold what the study reads from it (a StudyError says how to fix it)."""
+    fix = (f"restore it (e.g. git checkout -- {path}) or delete it; a deleted evaluation is redone, and where the "
+           "arm-seed's models are absent they are trained again first")
+    record = _read_json(path, "a stored evaluation", fix)
+    missing = [k for k in ("key", "qk_eval", "outcomes", "details") if k not in record]
+    if missing or not isinstance(record["key"], dict):
+        raise StudyError(f"{path} is not a qk-study evaluation (missing or malformed: {missing or ['key']}); {fix}")
+    try:
+        seed_figures(record)
+        arm_samples([record])
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as exc:
+        raise StudyError(f"{path}: the evaluation's figures cannot be read ({type(exc).__name__}: {exc}); {fix}") from None
+    return record
+
+
+def models_absent(arm: Arm, seed_dir: Path) -> bool:
+    """No member of the arm-seed has a final model (its run folders were lost, or never made)."""
+    return not any((seed_dir / m.role / "final" / "model.safetensors").exists() for m in arm.members)
+
+
+def reuse_refusal(record: dict, arm: Arm, configs: dict[str, ModelConfig], opts: Options) -> str | None:
+    """Why a stored evaluation cannot stand in for its arm-seed's absent models; None when it can.
+
+    It can when it was made with these evaluation settings of models trained with exactly these
+    configs. That is sound because training is deterministic given the config: every batch and its
+    noise is a pure function of (seed, step, rank) and the initialisation follows train.seed, so
+    training again would give the same models (bit for bit on the same device and torch build; on
+    another only up to floating-point rounding) and evaluating them the same record."""
+    settings = eval_settings(arm, opts)
+    theirs = {k: v for k, v in record["key"].items() if k != "models"}
+    if theirs != settings:
+        diff = sorted(k for k in settings.keys() | theirs.keys() if theirs.get(k) != settings.get(k))
+        return "it was made with other evaluation settings (" + ", ".join(
+            f"{k} {theirs.get(k)!r}, now {settings.get(k)!r}" for k in diff) + ")"
+    stored = record.get("configs")
+    if not isinstance(stored, dict):
+        return "it does not hold its models' training configs (written before qk-study stored them)"
+    if sorted(stored) != sorted(configs):
+        return f"it holds the configs of models {sorted(stored)}, this arm trains {sorted(configs)}"
+    for role, cfg in configs.items():
+        try:
+            old = from_dict(stored[role], where=f"configs.{role}")
+        except ConfigError as exc:
+            return f"its {role} config no longer reads ({exc})"
+        if old != cfg:
+            return f"its {role} model was trained with another config ({_config_diff(old, cfg)})"
+    return None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _config_diff(old: ModelConfig, new: ModelConfig) -> str:
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join(f"{k} {a.get(k)!r}, now {b.get(k)!r}" for k in keys[:6]) + (", ..." if len(keys) > 6 else "")
+
+
+def stored_train_info(record: dict, configs: dict[str, ModelConfig], seed: int) -> list[dict]:
+    """The train entries of an arm-seed whose run folders are absent: what its eval.json kept (steps, step rates)."""
+    kept = record.get("train") if isinstance(record.get("train"), dict) else {}
+    return [{"seed": seed, "role": role, "steps": cfg.train.steps,
+             **(kept[role] if isinstance(kept.get(role), dict) else {})} for role, cfg in configs.items()]
+
+
+def evaluate_arm(arm: Arm, finals: dict[str, Path], configs: dict[str, ModelConfig], train: dict[str, dict],
+                 opts: Options, path: Path, progress: bool) -> tuple[dict, bool]:
+    """(the arm-seed evaluation, whether it ran now). Stored in `path` with the members' resolved training
+    `configs` and `train` info (steps, step rates: what `reuse_refusal` and a resumed study without the
+    models need); rerun only when its key (settings and model hashes) changes."""
     from ..checkpoint import atomic_write_bytes
 
-    key = {"version": EVAL_VERSION, "n": opts.n, "gen_n": opts.gen_n, "sample_steps": opts.sample_steps,
-           "stability_seeds": opts.stability_seeds, "stability_n": opts.stability_n,
-           "probe_n": opts.probe_n if arm.probe_sets else None, "models": {r: _sha(p) for r, p in sorted(finals.items())}}
+    key = {**eval_settings(arm, opts), "models": {r: _sha(p) for r, p in sorted(finals.items())}}
+    kept = {"configs": {r: c.to_dict() for r, c in sorted(configs.items())}, "train": train}
     if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("key") == key:
+        stored = load_evaluation(path)
+        if stored["key"] == key:
+            if stored.get("configs") != kept["configs"] or "train" not in stored:
+                # written before eval.json kept them: add them, from the finished models' configs (train_member checked)
+                stored = {**stored, **kept}
+                atomic_write_bytes(path, (json.dumps(stored) + "\n").encode())
             return stored, False
     tic = time.perf_counter()
     if arm.dual:
@@ -239,7 +333,7 @@ def evaluate_arm(arm: Arm, finals: dict[str, Path], opts: Options, path: Path, p
         qk = {"model": qk_model}
         edit_model = finals["model"]
     details = details_pass(edit_model, opts, arm.probe_sets, progress)
-    record = {"key": key, "arm": arm.name, "qk_eval": qk, "outcomes": outcomes, "details": details,
+    record = {"key": key, **kept, "arm": arm.name, "qk_eval": qk, "outcomes": outcomes, "details": details,
               "wall_s": time.perf_counter() - tic}
     atomic_write_bytes(path, (json.dumps(record) + "\n").encode())
     return record, True
@@ -250,7 +344,8 @@ def evaluate_arm(arm: Arm, finals: dict[str, Path], opts: Options, path: Path, p
 
 def _timings(out: Path) -> dict:
     path = out / "timings.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return _read_json(path, "the study's timings", "restore it (e.g. git checkout) or delete it (the compute "
+                      "total then counts only what runs from now)") if path.exists() else {}
 
 
 def _add_timing(out: Path, key: str, seconds: float) -> None:
@@ -267,7 +362,8 @@ def _check_study_folder(opts: Options) -> None:
     path = opts.out / "study_config.json"
     mine = {"preset": opts.preset, "set": list(opts.sets)}
     if path.exists():
-        theirs = json.loads(path.read_text())
+        theirs = _read_json(path, "the study's config", "restore it (e.g. git checkout): it records the --preset "
+                            "and --set that OUT's models and evaluations were made with")
         if {k: theirs.get(k) for k in mine} != mine:
             raise StudyError(f"{opts.out} holds a study with preset {theirs.get('preset')!r} and --set {theirs.get('set')}; "
                              f"rerun with those, or use a new --out")
@@ -291,27 +387,42 @@ def run_study(opts: Options) -> dict:
     bar = tqdm(total=jobs, desc="qk-study", dynamic_ncols=True, file=sys.stderr, disable=not opts.progress)
     records: dict[str, list[dict]] = {a.name: [] for a in trained}
     train_info: dict[str, list[dict]] = {a.name: [] for a in trained}
-    done = {"trained": [], "evaluated": [], "skipped": []}
+    done = {"trained": [], "evaluated": [], "skipped": [], "reused_without_models": []}
     try:
         for seed in opts.seeds:
             for arm in trained:
-                finals = {}
-                for member in arm.members:
-                    job = f"{arm.name}/seed{seed}/{member.role}"
-                    bar.set_postfix_str(f"train {job}")
-                    cfg = member_config(opts, member, seed)
-                    finals[member.role], timing = train_member(cfg, opts.out / arm.name / f"seed{seed}" / member.role, opts.progress)
-                    if timing is None:
-                        done["skipped"].append(f"train {job}")
-                    else:
-                        done["trained"].append(job)
-                        _add_timing(opts.out, f"train {job}", timing["wall_s"])
-                    train_info[arm.name].append({"seed": seed, "role": member.role, "steps": cfg.train.steps,
-                                                 **step_rates(opts.out / arm.name / f"seed{seed}" / member.role, cfg)})
-                    bar.update(1)
+                seed_dir = opts.out / arm.name / f"seed{seed}"
+                eval_path = seed_dir / "eval.json"
+                configs = {m.role: member_config(opts, m, seed) for m in arm.members}
                 job = f"{arm.name}/seed{seed}"
+                if eval_path.exists() and models_absent(arm, seed_dir):  # e.g. another machine: only OUT's *.json kept
+                    record = load_evaluation(eval_path)
+                    why = reuse_refusal(record, arm, configs, opts)
+                    if why is None:  # the stored evaluation stands in for the models: nothing trained, nothing evaluated
+                        done["skipped"] += [f"train {job}/{role}" for role in configs] + [f"eval {job}"]
+                        done["reused_without_models"].append(job)
+                        train_info[arm.name] += stored_train_info(record, configs, seed)
+                        records[arm.name].append(record)
+                        bar.update(len(configs) + 1)
+                        continue
+                    tqdm.write(f"qk-study: {job}: its models are absent and {eval_path} cannot stand in for them: {why}; "
+                               "training them again", file=sys.stderr)
+                finals, info = {}, {}
+                for member in arm.members:
+                    mjob = f"{job}/{member.role}"
+                    bar.set_postfix_str(f"train {mjob}")
+                    cfg = configs[member.role]
+                    finals[member.role], timing = train_member(cfg, seed_dir / member.role, opts.progress)
+                    if timing is None:
+                        done["skipped"].append(f"train {mjob}")
+                    else:
+                        done["trained"].append(mjob)
+                        _add_timing(opts.out, f"train {mjob}", timing["wall_s"])
+                    info[member.role] = {"steps": cfg.train.steps, **step_rates(seed_dir / member.role, cfg)}
+                    train_info[arm.name].append({"seed": seed, "role": member.role, **info[member.role]})
+                    bar.update(1)
                 bar.set_postfix_str(f"evaluate {job}")
-                record, ran = evaluate_arm(arm, finals, opts, opts.out / arm.name / f"seed{seed}" / "eval.json", opts.progress)
+                record, ran = evaluate_arm(arm, finals, configs, info, opts, eval_path, opts.progress)
                 if ran:
                     done["evaluated"].append(job)
                     _add_timing(opts.out, f"eval {job}", record["wall_s"])

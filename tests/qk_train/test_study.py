@@ -1,6 +1,7 @@
 """qk-study on the tiny preset: every arm trained, evaluated and tabulated with intervals; resuming skips finished work."""
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -143,6 +144,108 @@ def test_a_study_folder_refuses_another_config(smoke, capsys):
     root, args = smoke
     assert study.main(args + ["--set", "train.lr=0.01"]) == 2
     assert "rerun with those, or use a new --out" in capsys.readouterr().err
+
+
+def _json_files_only(root, dest):
+    """The study folder as the next machine sees it: OUT's small files (the ones a study commits), no model folder."""
+    runs = root / "runs"
+    for src in [*runs.glob("*.json"), *runs.glob("*/seed*/eval.json")]:
+        target = dest / "runs" / src.relative_to(runs)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, target)
+    return ARGS + ["--out", str(dest / "runs"), "--json", str(dest / "study.json")]
+
+
+def test_a_study_resumes_from_its_json_files_without_its_models(smoke, tmp_path):
+    root, _ = smoke
+    before, md_before = _load(root)
+    args = _json_files_only(root, tmp_path)
+    evals = {p.relative_to(root / "runs"): p.read_bytes() for p in (root / "runs").glob("*/seed0/eval.json")}
+    assert study.main(args) == 0
+    r, md = _load(tmp_path)
+    done = r["this_call"]
+    assert done["trained"] == [] and done["evaluated"] == []
+    members = [f"{a}/seed0/{role}" for a in TRAINED for role in (["gen", "edit"] if a == "dual" else ["model"])]
+    assert sorted(done["skipped"]) == sorted([f"train {m}" for m in members] + [f"eval {a}/seed0" for a in TRAINED])
+    assert sorted(done["reused_without_models"]) == sorted(f"{a}/seed0" for a in TRAINED)
+    for a in TRAINED:  # no model folder was made again, and the stored evaluation is untouched
+        assert [p.name for p in (tmp_path / "runs" / a / "seed0").iterdir()] == ["eval.json"]
+    assert {p: (tmp_path / "runs" / p).read_bytes() for p in evals} == evals
+    # the same figures, intervals, claims, train info and compute total as the study that trained the models
+    assert r["arms"] == before["arms"] and r["claims"] == before["claims"]
+    assert r["wall_s"]["total_compute"] == before["wall_s"]["total_compute"]
+    assert _table_rows(md) == _table_rows(md_before)
+    full = next(a for a in r["arms"] if a["name"] == "full")
+    assert full["train"][0]["steps"] == 2 and any(k.startswith("s_per_step_") for k in full["train"][0])
+
+
+def test_a_stored_evaluation_of_another_config_does_not_stand_in_for_its_models(smoke, tmp_path, capsys):
+    root, _ = smoke
+    args = _json_files_only(root, tmp_path)
+    assert study.main(args + ["--set", "train.lr=0.01"]) == 2  # the kept study_config.json refuses first
+    assert "rerun with those, or use a new --out" in capsys.readouterr().err
+    (tmp_path / "runs" / "study_config.json").unlink()  # without it, the arm-seed's own configs refuse
+    assert study.main(args + ["--set", "train.lr=0.01", "--arms", "full"]) == 0
+    r, _ = _load(tmp_path)
+    assert r["this_call"]["trained"] == ["full/seed0/model"] and r["this_call"]["evaluated"] == ["full/seed0"]
+    assert r["this_call"]["reused_without_models"] == []
+    err = capsys.readouterr().err
+    assert "full/seed0: its models are absent" in err and "train.lr 0.001, now 0.01" in err
+
+
+def test_other_eval_settings_or_a_record_without_configs_retrain_the_arm(smoke, tmp_path, capsys):
+    root, _ = smoke
+    args = _json_files_only(root, tmp_path / "a")
+    assert study.main(args + ["--arms", "full", "--stability-seeds", "1"]) == 0
+    r, _ = _load(tmp_path / "a")
+    assert r["this_call"]["trained"] == ["full/seed0/model"] and r["this_call"]["evaluated"] == ["full/seed0"]
+    assert "other evaluation settings (stability_seeds 2, now 1)" in capsys.readouterr().err
+
+    args = _json_files_only(root, tmp_path / "b")
+    path = tmp_path / "b" / "runs" / "full" / "seed0" / "eval.json"
+    rec = json.loads(path.read_text())
+    del rec["configs"], rec["train"]  # as eval.json was written before it kept them
+    path.write_text(json.dumps(rec))
+    assert study.main(args + ["--arms", "full"]) == 0
+    r, _ = _load(tmp_path / "b")
+    assert r["this_call"]["trained"] == ["full/seed0/model"]
+    assert "does not hold its models' training configs" in capsys.readouterr().err
+
+
+def test_an_older_evaluation_gains_its_configs_while_its_models_are_there(smoke, tmp_path):
+    root, _ = smoke
+    out = tmp_path / "runs"
+    shutil.copytree(root / "runs" / "full", out / "full")
+    shutil.copyfile(root / "runs" / "study_config.json", out / "study_config.json")
+    path = out / "full" / "seed0" / "eval.json"
+    full = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in full.items() if k not in ("configs", "train")}))
+    args = ARGS + ["--out", str(out), "--json", str(tmp_path / "study.json"), "--arms", "full"]
+    assert study.main(args) == 0
+    r, _ = _load(tmp_path)
+    assert r["this_call"]["trained"] == [] and r["this_call"]["evaluated"] == []  # the model hash still decides
+    rec = json.loads(path.read_text())
+    assert rec["configs"] == full["configs"] and rec["train"] == full["train"] and rec["key"] == full["key"]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("{not json", "cannot read a stored evaluation"),
+    ("[1, 2]", "should be a JSON object, found list"),
+    ('{"key": {"version": 2}}', "is not a qk-study evaluation (missing or malformed: ['qk_eval', 'outcomes', 'details'])"),
+    (None, "the evaluation's figures cannot be read (KeyError: 'box')"),
+])
+def test_a_malformed_stored_evaluation_is_a_clear_error(smoke, tmp_path, capsys, text, says):
+    root, _ = smoke
+    args = _json_files_only(root, tmp_path)
+    path = tmp_path / "runs" / "no_cmg" / "seed0" / "eval.json"
+    if text is None:
+        rec = json.loads(path.read_text())
+        del rec["outcomes"]["edits"]["box"]
+        text = json.dumps(rec)
+    path.write_text(text)
+    assert study.main(args) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and says in err and "restore it (e.g. git checkout -- " in err
 
 
 def test_unknown_arm_and_bad_seeds_are_clear_errors(tmp_path, capsys):
