@@ -245,7 +245,7 @@ def table(folder: Path, machine: str, recipes_path: Path = RECIPES) -> str:
              "held-out loss. Minutes = steps x the recipe's quiet step time. Written by "
              "`python benchmarks/train_speed.py --table` from the JSON files beside it.", ""]
     if ref:
-        lines += [f"Reference (shipped default, {ref.get('model', '')}): strict edit "
+        lines += [f"Reference ({ref.get('model', '')}): strict edit "
                   f"{_fig((ref.get(EDIT_KEY) or {}).get('overall'))} (v1 {_fig(ref['edit_success']['overall'])}), "
                   f"gen {_fig(ref.get(GEN_KEY))}, val loss {_fig(ref.get('val_loss'), '{:.4f}')}.", ""]
     if times:
