@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from qk_runtime.contract import (COMPOSITE_FORMAT_VERSION, FEW_STEP_FIELDS, FEW_STEP_FORMAT_VERSION, FORMAT_VERSION,
-                                 MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS, TOKENIZER)
+                                 MANIFEST, MIN_FORMAT_VERSION, REGION_BUCKETS, TOKENIZER, WEIGHT_ONLY_KEY)
 from qk_train import checkpoint as ckpt
 from qk_train.config import ConfigError
 from qk_train.models.unified import QKModel
@@ -50,9 +50,12 @@ class ExportError(ValueError):
 
 def check_arguments(out: Path, *, int8: bool, sparse_attn: str, opset: int, calib_samples: int,
                     window: int | None, float_groups: tuple[str, ...] | None = None, fp16: bool = False,
-                    fp16_float: tuple[str, ...] | None = None) -> None:
+                    fp16_float: tuple[str, ...] | None = None, weight_only: bool = False) -> None:
     if fp16 and int8:
         raise ExportError("--fp16 and --int8 are two precisions of one bundle; export one bundle per precision")
+    if weight_only and not int8:
+        raise ExportError("--weight-only only applies with --int8 (it says how the INT8 graphs are stored): "
+                          "add --int8, or leave --weight-only out")
     if fp16_float is not None:
         from .fp16 import DEFAULT_FLOAT as FP16_DEFAULT, check_groups
 
@@ -177,20 +180,18 @@ def _fsync_tree(folder: Path) -> None:
 DECODER_WEIGHTS = "decoder.weights"  # external data of decoder.onnx and decoder_region.onnx (region bundles)
 
 
-def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, str]:
+def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, str, bool]:
     """The text encoder of the bundle `other`, for a bundle written at `out` to use instead of its
-    own copy: (path relative to `out`, sha256, parity entry, precision). Refused unless `other`
+    own copy: (path relative to `out`, sha256, parity entry, precision, whether it is weight-only
+    INT8). Refused unless `other`
     is a verified bundle whose text encoder has the same config and tokenizer as `model`'s."""
-    from qk_runtime.bundle import open_bundle
-
     from .verify import verify_bundle
 
     if not is_bundle(other):
         raise ExportError(f"--text-encoder-from {other}: not a bundle folder (no manifest.json); export that bundle first")
     try:
-        verify_bundle(other)
+        their_bundle = verify_bundle(other)  # the runtime's own loader, every hash checked
         theirs = json.loads((other / MANIFEST).read_text())
-        open_bundle(other)
     except Exception as exc:  # noqa: BLE001 - any reason the other bundle cannot be used
         raise ExportError(f"--text-encoder-from {other}: {exc}") from exc
     if theirs["model_config"].get("text") != model.cfg.to_dict().get("text"):
@@ -209,14 +210,16 @@ def shared_text_encoder(other: Path, out: Path, model) -> tuple[str, str, dict, 
     rel = os.path.relpath((other / graph["file"]).resolve(), out.resolve())
     if not rel.startswith(".."):
         raise ExportError(f"--text-encoder-from {other}: must be a bundle beside --out, not inside it")
-    return rel, theirs["files"][graph["file"]], theirs["parity"]["text_encoder"], graph.get("precision", theirs["precision"])
+    return (rel, theirs["files"][graph["file"]], theirs["parity"]["text_encoder"], graph.get("precision", theirs["precision"]),
+            "text_encoder" in their_bundle.weight_only)
 
 
 def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False, sparse_attn: str = "none",
                   opset: int = 20, calib_samples: int = 64, window: int | None = None, command: str | None = None,
                   progress: bool = False, weight_bits: int = 7, text_encoder_from: str | Path | None = None,
                   format_version: int | None = None, int8_float: tuple[str, ...] | None = None,
-                  int8_strict: bool = True, fp16: bool = False, fp16_float: tuple[str, ...] | None = None) -> Path:
+                  int8_strict: bool = True, fp16: bool = False, fp16_float: tuple[str, ...] | None = None,
+                  weight_only: bool = False) -> Path:
     """Export `checkpoint` as a bundle folder `out` (replaced atomically if it is a bundle).
 
     `text_encoder_from`: a bundle beside `out` whose text encoder file this bundle uses instead
@@ -232,14 +235,17 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
     `int8_float`: the groups of layers an INT8 bundle keeps in float (`qk_export.quantize.FLOAT_GROUPS`;
     default `DEFAULT_FLOAT`, () quantizes every MatMul/Gemm with a weight). `int8_strict` False
     writes a bundle whose INT8 graphs miss their error bounds, with the miss in the manifest's
-    parity (for measuring what the bounds refuse; the CLI is always strict).
+    parity (for measuring what the bounds refuse; the CLI is always strict). `weight_only` (with
+    `int8`): every INT8 graph weight-only, int8 weights and float activations, as the text encoder
+    always is (`qk_export.quantize.weight_only_graphs`): the same pixels in every runtime, at
+    FP32 speed; the manifest's `quantization.weight_only` lists them.
 
     `fp16`: half-precision graphs with float32 inputs and outputs (`qk_export.fp16`), keeping the
     `fp16_float` groups in float32 (default `qk_export.fp16.DEFAULT_FLOAT`); each graph is compared
     with torch FP32 in ONNX Runtime's CPU provider and must stay within `parity.FP16_BOUND`."""
     checkpoint, out = Path(checkpoint), Path(out)
     check_arguments(out, int8=int8, sparse_attn=sparse_attn, opset=opset, calib_samples=calib_samples, window=window,
-                    float_groups=int8_float, fp16=fp16, fp16_float=fp16_float)
+                    float_groups=int8_float, fp16=fp16, fp16_float=fp16_float, weight_only=weight_only)
     check_out_path(out, checkpoint, text_encoder_from)
     model = load_model(checkpoint, sparse_attn, window)
     shared = shared_text_encoder(Path(text_encoder_from), out, model) if text_encoder_from is not None else None
@@ -272,7 +278,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
 
             int8_report, quantization = quantize_bundle(model, specs, build, calib_samples, log=log, weight_bits=weight_bits,
                                                         float_groups=DEFAULT_FLOAT if int8_float is None else tuple(int8_float),
-                                                        strict=int8_strict)
+                                                        strict=int8_strict, weight_only=weight_only)
             for name, r in int8_report.items():
                 report[name] = {**r, "fp32": report[name]}
                 precision[name] = "int8"
@@ -315,10 +321,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, *, int8: bool = False
             "source": {"checkpoint": str(checkpoint.resolve()), "sha256": ckpt.sha256_file(checkpoint / ckpt.MODEL_FILE)},
         }
         if shared is not None:
-            rel, sha, parity, te_precision = shared
+            rel, sha, parity, te_precision, te_weight_only = shared
             (build / specs["text_encoder"].file).unlink()
             manifest["graphs"]["text_encoder"].update(file=rel, precision=te_precision)
             manifest["parity"]["text_encoder"] = {**parity, "shared_from": rel}
+            if quantization is not None and not te_weight_only:  # it records this bundle's own text encoder
+                quantization["graphs"].pop("text_encoder", None)
+                quantization[WEIGHT_ONLY_KEY] = [g for g in quantization[WEIGHT_ONLY_KEY] if g != "text_encoder"]
             log(f"text encoder: {rel} ({te_precision}), shared instead of this bundle's own")
         manifest["files"] = {p.name: ckpt.sha256_file(p) for p in sorted(build.iterdir()) if p.is_file()}
         if shared is not None:
@@ -374,7 +383,8 @@ def summary(bundle: Path) -> str:
            "fp16": f"decoder FP16 mean abs error {dec.get('half_arithmetic', dec).get('mean_abs_over_std', 0):.2e} of std "
                    f"(float16 arithmetic)"}.get(
         m["precision"], f"decoder INT8 mean abs error {dec.get('mean_abs_over_std', 0):.3f} of std")
-    return (f"wrote {bundle}: {len(m['graphs'])} graphs, {m['precision']}, sparse {m['sparse_attn']}, "
+    precision = m["precision"] + (" weight-only" if "decoder" in (m.get("quantization") or {}).get(WEIGHT_ONLY_KEY, ()) else "")
+    return (f"wrote {bundle}: {len(m['graphs'])} graphs, {precision}, sparse {m['sparse_attn']}, "
             f"{size / 1e6:.1f} MB, {err}, TensorRT readiness ok")
 
 

@@ -4,6 +4,7 @@ examples:
   qk-export --out bundles/fp32                                   # the shipped default checkpoint
   qk-export --model runs/small/final --int8 --out bundles/int8
   qk-export --model runs/small/final --int8 --sparse-attn region --out bundles/int8-region
+  qk-export --model runs/small/final --int8 --weight-only --sparse-attn region --out bundles/int8-wo
   qk-export --model runs/small/final --fp16 --sparse-attn region --out bundles/fp16-region
   qk-export --check bundles/int8-region                          # TensorRT readiness of a bundle, constant folding
   qk-export --verify bundles/int8-region                         # sha256 of every file
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true",
                    help="quantize MatMul/Gemm to symmetric INT8 Q/DQ (zero point 0, per-channel weights), calibrated on "
                         "real denoising trajectories; sensitive layers stay float")
+    p.add_argument("--weight-only", action="store_true",
+                   help="with --int8: store every INT8 graph weight-only, as the text encoder always is (int8 weights "
+                        "dequantized at load, float activations, nothing calibrated): the same pixels in every runtime "
+                        "and the browser, an INT8-size download, about FP32 speed")
     p.add_argument("--sparse-attn", default="none", choices=["none", "window", "region"],
                    help="none: dense decoder (default); window: decoder self-attention in w x w token windows; "
                         "region: also export decoder_region.onnx, which runs only the CMG's active tokens")
@@ -37,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=20, help="ONNX opset, 9..20 as TensorRT 10 reads (default 20: GELU is then one Gelu node, 6-8%% faster steps on ONNX Runtime CPU; --int8 needs 13 or newer)")
     p.add_argument("--calib-samples", type=int, default=64, metavar="N",
                    help="decoder steps recorded for INT8 calibration (default 64; NVIDIA's demo uses 32-128)")
-    p.add_argument("--weight-bits", type=int, default=7, choices=[7, 8],
+    p.add_argument("--weight-bits", type=int, default=None, choices=[7, 8],
                    help="INT8 weight range: 7 keeps weights in -63..63, exact in ONNX Runtime on x86 CPUs without VNNI "
-                        "(full-range weights saturate there); 8 uses the full range (VNNI/AMX CPUs, TensorRT). Default 7")
+                        "(full-range weights saturate there); 8 uses the full range (VNNI/AMX CPUs, TensorRT). Default 7; "
+                        "--weight-only graphs use the full range (no integer GEMM runs them)")
     p.add_argument("--int8-float", type=_groups, default=None, metavar="GROUPS",
                    help="with --int8: the layer groups kept in float, comma-separated, or none: adaln (timestep embedding "
                         "and adaLN modulation), io (input and output projections), attention (score and value MatMuls of "
@@ -151,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.weight_only and not args.int8:
+            parser.error("--weight-only only applies with --int8 (it says how the INT8 graphs are stored): "
+                         "add --int8, or leave --weight-only out")
+        if args.weight_only and args.weight_bits is not None:
+            parser.error(f"--weight-bits {args.weight_bits} does not apply with --weight-only (weight-only graphs keep "
+                         "the full int8 range: no integer GEMM runs them); leave --weight-bits out")
     except SystemExit as exc:  # argparse's own errors exit 2 after printing usage
         return int(exc.code or 0)
     if args.check or args.verify:  # read-only modes; both may be given, the worse status wins
@@ -171,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = export_bundle(model, args.out, int8=args.int8, sparse_attn=args.sparse_attn, opset=args.opset,
                             calib_samples=args.calib_samples, window=args.window, command=command_line(argv),
-                            progress=not args.quiet, weight_bits=args.weight_bits,
+                            progress=not args.quiet, weight_bits=7 if args.weight_bits is None else args.weight_bits,
                             text_encoder_from=args.text_encoder_from, int8_float=args.int8_float, fp16=args.fp16,
-                            fp16_float=args.fp16_float)
+                            fp16_float=args.fp16_float, weight_only=args.weight_only)
     except ExportError as exc:
         return _error(str(exc))
     except (ParityError, ReadinessError) as exc:

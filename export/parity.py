@@ -43,7 +43,7 @@ class ParityError(ValueError):
 
 def ort_session(path: Path, threads: int = 0, weight_only: bool = False) -> ort.InferenceSession:
     """A CPU session; `weight_only`: as the runtimes open weight-only INT8 graphs (Q/DQ fusion off,
-    `qk_runtime.contract.WEIGHT_ONLY_INT8_GRAPHS`)."""
+    `qk_runtime.bundle.Bundle.weight_only`)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads:
@@ -172,10 +172,13 @@ def predicted_mask(spec: GraphSpec, feed: dict[str, np.ndarray], out_shape: tupl
 
 
 def int8_parity(module: torch.nn.Module, spec: GraphSpec, path: Path, feeds: list[dict[str, np.ndarray]],
-                source: str) -> dict:
+                source: str, weight_only: bool | None = None) -> dict:
     """Errors of an INT8 graph against the FP32 torch module over several real feeds, run as the
-    runtimes run it."""
-    session = ort_session(path, weight_only=spec.name in WEIGHT_ONLY_INT8_GRAPHS)
+    runtimes run it: a weight-only graph with Q/DQ fusion off (`weight_only`; None: as every
+    INT8 export stores it, `qk_runtime.contract.WEIGHT_ONLY_INT8_GRAPHS`)."""
+    if weight_only is None:
+        weight_only = spec.name in WEIGHT_ONLY_INT8_GRAPHS
+    session = ort_session(path, weight_only=weight_only)
     outs, refs, masks = [], [], []
     for feed in feeds:
         out, ref = run_both(module, spec, session, feed)
@@ -183,7 +186,7 @@ def int8_parity(module: torch.nn.Module, spec: GraphSpec, path: Path, feeds: lis
         refs.append(ref.ravel())
         masks.append(predicted_mask(spec, feed, ref.shape).ravel())
     out, ref, mask = np.concatenate(outs), np.concatenate(refs), np.concatenate(masks)
-    report = {**errors(out, ref), "inputs": f"{len(feeds)} {source}"}
+    report = {**errors(out, ref), "inputs": f"{len(feeds)} {source}", "qdq_fusion": not weight_only}
     if mask.any():
         err = np.abs(out[mask].astype(np.float64) - ref[mask])
         std = float(ref[mask].std())

@@ -30,6 +30,17 @@ embedding table become int8 with per-channel scales behind a DequantizeLinear; a
 float. Per-tensor INT8 activations do not hold a BERT encoder's outliers: quantizing them too
 gave 43 % of the output's spread as error on all-MiniLM-L6-v2, weight-only 3 %, at a quarter
 of the 90 MB.
+
+`qk-export --int8 --weight-only` stores the decoder, gateway and CMG weight-only too, the same
+way: the MatMul / Gemm weights that static INT8 would quantize (the float groups stay float) become
+int8 per output channel (full range: ONNX Runtime runs no integer GEMM on them), no activation is
+quantized and nothing is calibrated. The runtimes dequantize the weights once at load (ONNX
+Runtime's Q/DQ fusion off, OpenVINO's dynamic quantization off), so every kernel is a float one
+and the browser gave the Python runtime's pixels within a level (7 of 7 outputs, against 1 of 7
+with static INT8, whose quantizers turn last-bit float differences between kernel families into
+whole quantization steps), at FP32 speed, for an INT8-size download
+(benchmarks/results/cpu-2core-xeon/browser_int8_parity.md, emulated). The manifest's
+`quantization.weight_only` lists the weight-only graphs (`qk_runtime.contract.WEIGHT_ONLY_KEY`).
 """
 from __future__ import annotations
 
@@ -42,7 +53,7 @@ import numpy as np
 import onnx
 import torch
 
-from qk_runtime.contract import STEP_CONDITION, WEIGHT_ONLY_INT8_GRAPHS, GraphSpec
+from qk_runtime.contract import STEP_CONDITION, WEIGHT_ONLY_INT8_GRAPHS, WEIGHT_ONLY_KEY, GraphSpec
 from qk_train.data.shapeworld import make_edit, make_generation
 from qk_train.models.unified import QKModel
 from qk_train.pipeline import Pipeline, active_token_indices
@@ -52,10 +63,16 @@ from .graphs import wrap
 from .parity import int8_parity, int8_problem
 
 QUANTIZED_GRAPHS = ("text_encoder", "gateway", "cmg", "decoder", "decoder_region")
-# graph -> op types whose weights go int8; the runtimes open these graphs with ONNX Runtime's Q/DQ
-# fusion off (qk_runtime.contract.WEIGHT_ONLY_INT8_GRAPHS)
+OP_TYPES = ("MatMul", "Gemm")  # static Q/DQ, and weight-only (--weight-only) of the graphs but the text encoder
+# graph -> op types whose weights go int8 in the graphs every INT8 export stores weight-only
+# (qk_runtime.contract.WEIGHT_ONLY_INT8_GRAPHS): the text encoder's embedding table (Gather) too
 WEIGHT_ONLY = {name: ("MatMul", "Gemm", "Gather") for name in WEIGHT_ONLY_INT8_GRAPHS}
-OP_TYPES = ("MatMul", "Gemm")  # static Q/DQ of the other graphs
+
+
+def weight_only_graphs(weight_only: bool) -> tuple[str, ...]:
+    """The graphs an INT8 export stores weight-only: the text encoder always, every quantized
+    graph with `weight_only` (`qk-export --weight-only`)."""
+    return QUANTIZED_GRAPHS if weight_only else tuple(WEIGHT_ONLY)
 
 # The layers an INT8 bundle may keep in float, in named groups (`qk-export --int8-float`): node-name
 # fragments per graph (the names are the torch module paths), and "attention", the score and value
@@ -392,21 +409,27 @@ def quantize_graph(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], op_
     return excluded
 
 
-def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather")) -> list[str]:
+def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul", "Gemm", "Gather"),
+                     exclude: tuple[str, ...] = ()) -> list[str]:
     """Weight-only symmetric INT8: each weight of a MatMul / Gemm / Gather becomes an int8
     initializer, per output channel (per row for an embedding table), with a scale and a
-    DequantizeLinear (zero point 0) in front of its op; activations stay float. Returns the
-    quantized weights' names. For encoders whose activations have outliers that per-tensor
-    INT8 cannot hold (BERT-style text encoders), at a quarter of the FP32 size."""
+    DequantizeLinear (zero point 0) in front of its op; activations stay float. Nodes whose name
+    holds one of the `exclude` fragments keep their float weights. Returns the names of the
+    `op_types` nodes kept in float (excluded, or without a 2-D constant weight: the attention
+    products). For encoders whose activations have outliers that per-tensor INT8 cannot hold
+    (BERT-style text encoders), at a quarter of the FP32 size; for the denoising graphs, to run
+    the same float kernels in every runtime (`qk-export --weight-only`)."""
     proto = onnx.load(str(src))
     inits = {t.name: t for t in proto.graph.initializer}
     done: dict[str, str] = {}
-    new_nodes = []
+    new_nodes, kept = [], []
     for node in proto.graph.node:
         if node.op_type in op_types:
             index = 0 if node.op_type == "Gather" else 1
             name = node.input[index] if len(node.input) > index else ""
-            if name in inits and inits[name].data_type == onnx.TensorProto.FLOAT and len(inits[name].dims) == 2:
+            if any(frag in node.name for frag in exclude):
+                kept.append(node.name)
+            elif name in inits and inits[name].data_type == onnx.TensorProto.FLOAT and len(inits[name].dims) == 2:
                 if name not in done:
                     trans_b = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
                     axis = 0 if node.op_type == "Gather" or trans_b else 1  # the output-channel axis
@@ -414,32 +437,39 @@ def weight_only_int8(src: Path, dst: Path, op_types: tuple[str, ...] = ("MatMul"
                     done[name] = _int8_weight(inits[name], axis, 127, new_inits, new_nodes)
                     proto.graph.initializer.extend(new_inits)
                 node.input[index] = done[name]
+            else:
+                kept.append(node.name)
         new_nodes.append(node)
     _save_with_nodes(proto, new_nodes, dst)
-    return list(done)
+    return kept
 
 
 def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, calib_samples: int,
                     log=None, weight_bits: int = 7, float_groups: tuple[str, ...] = DEFAULT_FLOAT,
-                    strict: bool = True) -> tuple[dict[str, dict], dict]:
+                    strict: bool = True, weight_only: bool = False) -> tuple[dict[str, dict], dict]:
     """Replace the FP32 graphs in `build` by INT8 ones. Returns (parity per graph, quantization
     record for the manifest). Raises ParityError when a graph misses its INT8 bound; with
     `strict` False the miss is recorded in that graph's report (`problem`) instead, for studies
-    that measure what the bound would have refused."""
+    that measure what the bound would have refused. `weight_only`: every graph weight-only
+    (`weight_only_graphs`; `weight_bits` then applies to none, and nothing is calibrated)."""
     from .parity import ParityError
 
     log = log or (lambda msg: None)
     sensitive, exclude_attention = float_layers(float_groups)
-    calib = record_trajectories(model, "train", calib_samples)
+    stored_weight_only = weight_only_graphs(weight_only)
+    todo = [n for n in QUANTIZED_GRAPHS if n in specs]
+    static = [n for n in todo if n not in stored_weight_only]
+    calib = record_trajectories(model, "train", calib_samples) if static else None
     held = record_trajectories(model, "val", HELDOUT_TRAJECTORIES * STEPS_PER_TRAJECTORY)
     if "decoder_cond" in specs:  # format 3: the steps take decoder_cond's outputs
-        for rec in (calib, held):
+        for rec in [r for r in (calib, held) if r is not None]:
             for graph in ("decoder", "decoder_region"):
                 rec.feeds[graph] = [with_step_condition(model, f) for f in rec.feeds.get(graph, [])]
-    log(f"calibration: {calib.description}")
+    if calib is not None:
+        log(f"calibration: {calib.description}")
     report, excluded = {}, {}
-    for name in QUANTIZED_GRAPHS:
-        if name not in specs or not calib.feeds.get(name):
+    for name in todo:
+        if not held.feeds.get(name):
             continue
         spec = specs[name]
         path = build / spec.file
@@ -449,13 +479,13 @@ def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, ca
             data = path.with_name(path.name + ".data")
             if data.exists():
                 data.rename(fp32.with_name(data.name))
-            if name in WEIGHT_ONLY:
-                weight_only_int8(fp32, path, WEIGHT_ONLY[name])
-                excluded[name] = []
+            if name in stored_weight_only:
+                excluded[name] = weight_only_int8(fp32, path, WEIGHT_ONLY.get(name, OP_TYPES), sensitive.get(name, ()))
             else:
                 excluded[name] = quantize_graph(fp32, path, calib.feeds[name], OP_TYPES, sensitive.get(name, ()),
                                                 exclude_attention=exclude_attention, weight_bits=weight_bits)
-        r = int8_parity(wrap(model, spec), spec, path, held.feeds[name], "held-out val-split recorded inputs")
+        r = int8_parity(wrap(model, spec), spec, path, held.feeds[name], "held-out val-split recorded inputs",
+                        weight_only=name in stored_weight_only)
         problem = int8_problem(name, r)
         if problem and strict:
             raise ParityError(problem)
@@ -463,18 +493,33 @@ def quantize_bundle(model: QKModel, specs: dict[str, GraphSpec], build: Path, ca
             r["problem"] = problem
             log(f"warning: {problem} (kept: not strict)")
         report[name] = r
-        log(f"quantized {name}: mean abs error {r['mean_abs']:.2e}"
+        log(f"quantized {name}{' weight-only' if name in stored_weight_only else ''}: mean abs error {r['mean_abs']:.2e}"
             + (f" ({r['mean_abs_over_std']:.3f} of std)" if "mean_abs_over_std" in r else ""))
+
+    def description(n: str) -> str:
+        if n in stored_weight_only:
+            return ("weight-only: int8 symmetric per-channel weights of " + "/".join(WEIGHT_ONLY.get(n, OP_TYPES))
+                    + ", float activations")
+        return (f"static: int8 symmetric per-channel weights ({weight_bits}-bit range), "
+                "int8 symmetric per-tensor activations of " + "/".join(OP_TYPES))
+
+    def kept_float(n: str) -> list[str]:  # weight-only graphs never quantize a product of two activations
+        attention = exclude_attention or n in stored_weight_only
+        return list(sensitive.get(n, ())) + (["attention MatMuls of two activations"] if attention else [])
+
+    grouped = [n for n in report if n not in WEIGHT_ONLY]  # the text encoder is quantized whole
     record = {
         "format": "QDQ",
-        "graphs": {n: ("weight-only: int8 symmetric per-channel weights of " + "/".join(WEIGHT_ONLY[n]) + ", float activations"
-                       if n in WEIGHT_ONLY else f"static: int8 symmetric per-channel weights ({weight_bits}-bit range), "
-                       "int8 symmetric per-tensor activations of " + "/".join(OP_TYPES)) for n in report},
-        "weight_bits": weight_bits,
-        "calibration": {"method": "MinMax clip lowered where it cuts the MSE (export/quantize.py activation_ranges)", "samples": calib_samples, "inputs": calib.description},
+        "graphs": {n: description(n) for n in report},
+        # the graphs the runtimes open with ONNX Runtime's Q/DQ fusion off (qk_runtime.contract.WEIGHT_ONLY_KEY)
+        WEIGHT_ONLY_KEY: [n for n in report if n in stored_weight_only],
+        # the static graphs' weight range; weight-only weights use the full int8 range
+        "weight_bits": weight_bits if static else 8,
+        "calibration": None if calib is None else {
+            "method": "MinMax clip lowered where it cuts the MSE (export/quantize.py activation_ranges)",
+            "samples": calib_samples, "inputs": calib.description},
         "float_groups": [g for g in FLOAT_GROUPS if g in float_groups],
-        "kept_float": {n: list(sensitive.get(n, ())) + (["attention MatMuls of two activations"] if exclude_attention else [])
-                       for n in report if n not in WEIGHT_ONLY},
-        "kept_float_nodes": {n: v for n, v in excluded.items() if n not in WEIGHT_ONLY},
+        "kept_float": {n: kept_float(n) for n in grouped},
+        "kept_float_nodes": {n: excluded[n] for n in grouped},
     }
     return report, record

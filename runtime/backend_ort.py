@@ -3,7 +3,8 @@
 Session options: all graph optimizations, `threads` intra-op threads (ONNX Runtime's default,
 one per core, when None), sequential execution, and no thread spinning unless `spinning=True`
 (then only in the denoising loop's graphs, `SPIN_GRAPHS`);
-on the CPU, Q/DQ fusion off for weight-only INT8 graphs (`contract.WEIGHT_ONLY_INT8_GRAPHS`).
+on the CPU, Q/DQ fusion off for the INT8 graphs the manifest says are weight-only
+(`Bundle.weight_only`: `quantization.weight_only`, or the text encoder of bundles without it).
 
 The CUDA and TensorRT providers run through I/O binding: the inputs are bound from host memory
 and the outputs are allocated on the device and copied back once per call. Inputs that stay the
@@ -29,7 +30,6 @@ import numpy as np
 
 from .backend import Backend, graph_error
 from .bundle import Bundle
-from .contract import WEIGHT_ONLY_INT8_GRAPHS
 from .errors import BackendUnavailable
 
 _EP = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
@@ -86,19 +86,13 @@ class OrtBackend(Backend):
         }
         return [("TensorrtExecutionProvider", trt_opts), ("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
-    def _weight_only(self, graph: str) -> bool:
-        """An INT8 graph stored weight-only (contract.WEIGHT_ONLY_INT8_GRAPHS): Q/DQ fusion off."""
-        precision = self.bundle.manifest.get("graphs", {}).get(graph, {}).get("precision", self.bundle.precision)
-        return graph in WEIGHT_ONLY_INT8_GRAPHS and precision == "int8"
-
     def _session_options(self, graph: str):
-        if self.provider == "cpu" and not self.weight_only_fusion and self._weight_only(graph):
-            opts = self._make_options()
+        spin = self.spinning and graph in SPIN_GRAPHS
+        if self.provider == "cpu" and not self.weight_only_fusion and graph in self.bundle.weight_only:
+            opts = self._make_options(spin=spin)  # a weight-only decoder still spins with `spinning`
             opts.add_session_config_entry("session.disable_quant_qdq", "1")
             return opts
-        if self.spinning and graph in SPIN_GRAPHS:
-            return self._make_options(spin=True)
-        return self._options
+        return self._make_options(spin=True) if spin else self._options
 
     def activate(self, graphs: list[str] | None = None) -> None:
         import onnxruntime as ort

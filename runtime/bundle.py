@@ -7,7 +7,9 @@ alone), the few-step sampling (format 5's `few_step`: the step counts whose deco
 `step_size`), and a sha256 per file. `open_bundle` refuses anything it cannot run: another format or
 version, a missing graph, a graph whose inputs differ from the contract, a `composite` entry it
 does not know or in a manifest older than format 4, or a file whose bytes differ from the hash
-the manifest recorded (re-export to fix).
+the manifest recorded (re-export to fix). Which INT8 graphs are weight-only comes from the
+manifest too (`quantization.weight_only`, see `contract.WEIGHT_ONLY_INT8_GRAPHS`); a list that
+names a graph the bundle lacks or one not stored in INT8 is refused.
 
 A bundle is a download from someone else, so its manifest is read under limits
 (`files.MAX_JSON_BYTES`, `files.MAX_JSON_DEPTH`) and every file it names must resolve, after
@@ -29,7 +31,8 @@ from pathlib import Path
 
 from .composite import GATE_ONLY, Composite
 from .contract import (COMPOSITE_FORMAT_VERSION, FEW_STEP_FIELDS, FEW_STEP_FORMAT_VERSION, FORMAT_VERSION, GOLDEN_FILES,
-                       LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, Dims, graph_specs)
+                       LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, TOKENIZER, WEIGHT_ONLY_INT8_GRAPHS, WEIGHT_ONLY_KEY,
+                       Dims, graph_specs)
 from .errors import BundleError
 from .files import contained, path_parts, read_json
 
@@ -111,6 +114,7 @@ class Bundle:
     files: dict[str, str]  # relative name -> sha256
     composite: Composite = GATE_ONLY  # how an edit's output meets its source (format 4's `composite`)
     few_step: FewStep | None = None  # format 5's `few_step`: the decoders take step_size (None: they do not)
+    weight_only: frozenset[str] = frozenset()  # the INT8 graphs stored weight-only (`_weight_only`): Q/DQ fusion off
     paths: dict[str, Path] = field(default_factory=dict)  # relative name -> the checked, resolved file
     folders: tuple[Path, ...] = ()  # every folder this bundle reads files from (itself, a sibling's)
 
@@ -424,6 +428,35 @@ def _few_step(manifest: dict, where: str) -> FewStep | None:
     return FewStep(tuple(steps))
 
 
+def graph_precision(manifest: dict, graph: str) -> str:
+    """A graph's own precision (a shared text encoder's may differ from the bundle's), else the bundle's."""
+    entry = manifest["graphs"].get(graph)
+    return entry.get("precision", manifest["precision"]) if isinstance(entry, dict) else manifest["precision"]
+
+
+def _weight_only(manifest: dict, graphs: dict[str, GraphInfo], where: str) -> frozenset[str]:
+    """The INT8 graphs stored weight-only, which the runtimes open with ONNX Runtime's Q/DQ fusion
+    off: the manifest's `quantization.weight_only`, or without one (bundles written before it) the
+    INT8 ones among `contract.WEIGHT_ONLY_INT8_GRAPHS`."""
+    record = manifest.get("quantization")
+    if record is not None and not isinstance(record, dict):
+        raise BundleError(f"{where}: 'quantization' must be an object (or null), got {record!r}; {EXPORT_HINT}")
+    if record is None or WEIGHT_ONLY_KEY not in record:
+        return frozenset(g for g in WEIGHT_ONLY_INT8_GRAPHS if g in graphs and graph_precision(manifest, g) == "int8")
+    names = record[WEIGHT_ONLY_KEY]
+    key = f"quantization.{WEIGHT_ONLY_KEY}"
+    if (not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names)):
+        raise BundleError(f"{where}: {key}={names!r}; must be a list of distinct graph names; {EXPORT_HINT}")
+    for name in names:
+        if name not in graphs:
+            raise BundleError(f"{where}: {key} names {name!r}, which is not a graph of this bundle "
+                              f"({', '.join(graphs)}); {EXPORT_HINT}")
+        if graph_precision(manifest, name) != "int8":
+            raise BundleError(f"{where}: {key} names {name!r}, whose precision is {graph_precision(manifest, name)!r}, "
+                              f"not 'int8' (only INT8 graphs can be weight-only); {EXPORT_HINT}")
+    return frozenset(names)
+
+
 def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | None = None) -> Bundle:
     """Read and check a bundle folder. `verify=False` skips the sha256 of each file (not the rest).
     `root` (a qk-triton repository around a BLS model folder): the folder every named file must
@@ -459,6 +492,7 @@ def open_bundle(path: str | Path, *, verify: bool = True, root: str | Path | Non
         files=dict(files),
         composite=_composite(manifest, where),
         few_step=few_step,
+        weight_only=_weight_only(manifest, graphs, where),
         paths=paths,
         folders=folders,
     )

@@ -39,12 +39,19 @@ MIN_FORMAT_VERSION = 1
 # the decoder_cond outputs every step of an edit reads (format 3)
 STEP_CONDITION = ("cond_kv", "cond_bias", "cond_emb")
 
-# Graphs that INT8 bundles store weight-only (int8 weights behind DequantizeLinear, float
-# activations). Runtimes open them in ONNX Runtime with `session.disable_quant_qdq` = 1: its Q/DQ
-# fusion would otherwise turn them into integer GEMMs that quantize the activations on the fly,
-# slower and less accurate here (all-MiniLM-L6-v2: 8.5 vs 6.0 ms per call, 3.7 % vs 3.0 % of the
-# output's spread as error against FP32); without it the weights are dequantized once at load.
+# Weight-only INT8 graphs (int8 weights behind DequantizeLinear, float activations). Runtimes open
+# them in ONNX Runtime with `session.disable_quant_qdq` = 1: its Q/DQ fusion would otherwise turn
+# them into integer GEMMs that quantize the activations on the fly, slower and less accurate here
+# (all-MiniLM-L6-v2: 8.5 vs 6.0 ms per call, 3.7 % vs 3.0 % of the output's spread as error against
+# FP32); without it the weights are dequantized once at load.
+# Which graphs are weight-only is the manifest's `quantization.weight_only` (WEIGHT_ONLY_KEY): the
+# names of the INT8 graphs stored so, every quantized graph with `qk-export --int8 --weight-only`.
+# A manifest without that list (bundles written before it, and FP32 / FP16 bundles that share an
+# INT8 bundle's text encoder) has WEIGHT_ONLY_INT8_GRAPHS weight-only where their precision is
+# int8: the graphs every INT8 export stores weight-only. Runtimes that do not read the list open a
+# weight-only decoder with the fusion on: it runs, slower and a little further from FP32.
 WEIGHT_ONLY_INT8_GRAPHS = ("text_encoder",)
+WEIGHT_ONLY_KEY = "weight_only"
 MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.json"
 # `qk-build --golden`: fixed inputs and ONNX Runtime CPU outputs of every graph (runtime/golden.py),

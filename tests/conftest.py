@@ -116,6 +116,13 @@ def int8_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
                     f"to run this test on an INT8 bundle made elsewhere")
 
 
+@pytest.fixture(scope="session")
+def weight_only_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
+    """INT8 with every quantized graph weight-only (`qk-export --int8 --weight-only`) and the
+    region decoder: int8 weights, float activations, nothing calibrated (read it, never write)."""
+    return _export(tmp_path_factory, tiny_checkpoint, "int8_weight_only", int8=True, weight_only=True, sparse_attn="region")
+
+
 FEW_STEP_STEPS = 10  # shortcut fine-tuning of the tiny checkpoint: enough to move its step-size embedding off zero
 
 

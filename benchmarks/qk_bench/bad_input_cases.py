@@ -264,6 +264,24 @@ def manifest_shape_cases() -> list[Case]:
         cases += _bundle_cases("errors", f"manifest {name}", mutate, {"api", "qk_edit_cpp", "qk-triton"},
                                fast={"api"} if name in ("files a list", "graphs a list") else set())
 
+    # `quantization.weight_only`: the INT8 graphs the runtimes open with Q/DQ fusion off (contract.py
+    # WEIGHT_ONLY_KEY); every consumer that opens the bundle reads it
+    weight_only = {
+        "quantization a list": lambda m: m.update(quantization=["decoder"]),
+        "quantization.weight_only a string": lambda m: m["quantization"].update(weight_only="decoder"),
+        "quantization.weight_only repeated": lambda m: m["quantization"].update(weight_only=["decoder", "decoder"]),
+        "quantization.weight_only an unknown graph": lambda m: m["quantization"].update(weight_only=["unet"]),
+        "quantization.weight_only an FP32 graph": lambda m: m["quantization"].update(weight_only=["image_decoder"]),
+    }
+    for name, change in weight_only.items():
+        def mutate(ws, bundle, change=change):
+            m = _manifest(bundle)
+            m["quantization"] = m.get("quantization") or {}
+            change(m)
+            _write_manifest(bundle, m)
+        cases += _bundle_cases("errors", f"manifest {name}", mutate, {"api", "qk_edit_cpp", "qk-triton"},
+                               fast={"api", "qk_edit_cpp"} if name == "quantization.weight_only an FP32 graph" else set())
+
     for name, value in {"sha256 a number": 5, "sha256 null": None}.items():
         def mutate(ws, bundle, value=value):
             m = _manifest(bundle)

@@ -9,9 +9,9 @@
 //
 // Session options follow runtime/backend_ort.py: all graph optimizations, sequential execution,
 // idle worker threads sleep instead of spinning (a browser tab shares its CPU with everything
-// else); for weight-only INT8 graphs (contract.WEIGHT_ONLY_INT8_GRAPHS) ONNX Runtime's Q/DQ fusion
+// else); for the weight-only INT8 graphs the manifest names (bundle.weightOnly: its
+// `quantization.weight_only`, or the text encoder of bundles without it) ONNX Runtime's Q/DQ fusion
 // is off (`session.disable_quant_qdq`), as the Python and C++ runtimes open them.
-import { WEIGHT_ONLY_INT8_GRAPHS } from "./contract.js";
 import { BackendUnavailable, BundleError } from "./errors.js";
 
 export const BACKENDS = ["auto", "wasm", "webgpu"];
@@ -104,7 +104,7 @@ export class OrtWebBackend {
       opts.externalData = external.map((rel) => ({ path: rel.startsWith(dir) ? rel.slice(dir.length) : rel, data: this.bundle.files[rel] }));
     }
     const session = { intra_op: { allow_spinning: "0" } };
-    if (WEIGHT_ONLY_INT8_GRAPHS.includes(graph) && info.precision === "int8") session.disable_quant_qdq = "1";
+    if (this.bundle.weightOnly.includes(graph)) session.disable_quant_qdq = "1";
     opts.extra = { session };
     return opts;
   }

@@ -1,6 +1,7 @@
 // Open and validate a bundle in the browser, as runtime/bundle.py does on disk: the manifest's
 // format and version (1-5), dims, graphs against the export contract, sampler numbers, the
-// compositing entry, the few-step entry (format 5's `few_step`); then every file the runtime uses
+// compositing entry, the few-step entry (format 5's `few_step`), the weight-only INT8 graphs
+// (`quantization.weight_only`); then every file the runtime uses
 // (each graph's file and external data, the tokenizer) is fetched and its sha256 (Web Crypto) compared with the manifest's before anything
 // uses it. A file whose bytes differ is refused with a BundleError naming it. Files the manifest
 // lists that no graph uses (golden outputs for qk-build, say) are not fetched.
@@ -14,7 +15,7 @@
 import { readComposite } from "./composite.js";
 import {
   DIM_LIMITS, DIM_NAMES, FEW_STEP_FIELDS, FEW_STEP_FORMAT_VERSION, FORMAT, FORMAT_VERSION, LEGACY_REGION_BUCKETS, MANIFEST, MIN_FORMAT_VERSION, NOISE,
-  REQUIRED_GRAPHS, SCHEDULER, TOKENIZER, graphSpecs, withDerived,
+  REQUIRED_GRAPHS, SCHEDULER, TOKENIZER, WEIGHT_ONLY_INT8_GRAPHS, WEIGHT_ONLY_KEY, graphSpecs, withDerived,
 } from "./contract.js";
 import { BundleError } from "./errors.js";
 import { GUIDANCE_RANGE, MAX_STEPS } from "./inputs.js";
@@ -247,6 +248,35 @@ function readGraphs(manifest, dims, where, fewStep = null) {
   return graphs;
 }
 
+/**
+ * bundle.py _weight_only: the INT8 graphs stored weight-only (Q/DQ fusion off), from the manifest's
+ * `quantization.weight_only`, or without one those of WEIGHT_ONLY_INT8_GRAPHS in INT8. -> [names].
+ */
+function readWeightOnly(manifest, graphs, where) {
+  const record = manifest.quantization;
+  if (record !== undefined && record !== null && (typeof record !== "object" || Array.isArray(record))) {
+    throw new BundleError(`${where}: 'quantization' must be an object (or null), got ${JSON.stringify(record)}; ${EXPORT_HINT}`);
+  }
+  if (record === undefined || record === null || !(WEIGHT_ONLY_KEY in record)) {
+    return WEIGHT_ONLY_INT8_GRAPHS.filter((g) => g in graphs && graphs[g].precision === "int8");
+  }
+  const names = record[WEIGHT_ONLY_KEY];
+  const key = `quantization.${WEIGHT_ONLY_KEY}`;
+  if (!Array.isArray(names) || !names.every((n) => typeof n === "string") || new Set(names).size !== names.length) {
+    throw new BundleError(`${where}: ${key}=${JSON.stringify(names)}; must be a list of distinct graph names; ${EXPORT_HINT}`);
+  }
+  for (const name of names) {
+    if (!Object.hasOwn(graphs, name)) {
+      throw new BundleError(`${where}: ${key} names '${name}', which is not a graph of this bundle (${Object.keys(graphs).join(", ")}); ${EXPORT_HINT}`);
+    }
+    if (graphs[name].precision !== "int8") {
+      throw new BundleError(`${where}: ${key} names '${name}', whose precision is '${graphs[name].precision}', not 'int8' ` +
+        `(only INT8 graphs can be weight-only); ${EXPORT_HINT}`);
+    }
+  }
+  return [...names];
+}
+
 function number(s, key, where, lo, hi, { integer = false, fallback } = {}) {
   if (!(key in s)) {
     if (fallback === undefined) throw new BundleError(`${where}: sampler.${key} is missing; ${EXPORT_HINT}`);
@@ -298,7 +328,8 @@ async function sha256Hex(bytes) {
 
 /**
  * Read, check and fetch a bundle. -> {name, manifest, dims, precision, sparseAttn, graphs, sampler,
- * composite, fewStep ({steps} or null), files (rel -> Uint8Array, each used file, checked against its sha256), tokenizerJson,
+ * composite, fewStep ({steps} or null), weightOnly (the weight-only INT8 graphs' names), files (rel -> Uint8Array, each
+ * used file, checked against its sha256), tokenizerJson,
  * timings: {fetch, verify}}. `verify: false` skips the sha256 (not the rest).
  */
 export async function openBundle(source, { verify = true, onStage = null } = {}) {
@@ -334,6 +365,7 @@ export async function openBundle(source, { verify = true, onStage = null } = {})
   }
   const sampler = readSampler(manifest, where);
   const composite = readComposite(manifest, where, EXPORT_HINT);
+  const weightOnly = readWeightOnly(manifest, graphs, where);
 
   // every file the runtime uses, checked before use
   const bytes = {};
@@ -368,7 +400,8 @@ export async function openBundle(source, { verify = true, onStage = null } = {})
     throw new BundleError(`${TOKENIZER} of ${src.name} is not a tokenizers file (${err.message}); re-export the bundle`);
   }
   return {
-    name: src.name, manifest, dims, precision, sparseAttn, graphs, sampler, composite, fewStep, files: bytes, tokenizerJson, timings,
+    name: src.name, manifest, dims, precision, sparseAttn, graphs, sampler, composite, fewStep, weightOnly, files: bytes, tokenizerJson,
+    timings,
     hasGateway: "gateway" in graphs, hasCmg: "cmg" in graphs, hasRegion: "decoder_region" in graphs,
     hasDecoderCond: "decoder_cond" in graphs,
   };

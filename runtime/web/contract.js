@@ -14,7 +14,10 @@ export const TOKENIZER = "tokenizer.json";
 export const NOISE = "splitmix64-boxmuller-v1";
 export const SCHEDULER = "FlowMatchEulerDiscreteScheduler";
 export const STEP_CONDITION = ["cond_kv", "cond_bias", "cond_emb"];
+// the INT8 graphs stored weight-only where the manifest has no `quantization.weight_only` list
+// (contract.py WEIGHT_ONLY_INT8_GRAPHS: bundles written before it, FP32 bundles sharing an INT8 text encoder)
 export const WEIGHT_ONLY_INT8_GRAPHS = ["text_encoder"];
+export const WEIGHT_ONLY_KEY = "weight_only";
 export const LEGACY_REGION_BUCKETS = [0.25, 0.5, 0.75, 1.0];
 export const REQUIRED_GRAPHS = ["text_encoder", "image_encoder", "image_decoder", "decoder"];
 export const DIM_NAMES = ["image_size", "latent_channels", "factor", "patch", "max_length", "text_width", "kontext_tokens", "width", "depth"];

@@ -160,7 +160,8 @@ export class EditSession {
   info() {
     const d = this.bundle.dims;
     return {
-      bundle: this.bundle.name, precision: this.bundle.precision, imageSize: d.image_size, defaultSteps: this.bundle.sampler.steps,
+      bundle: this.bundle.name, precision: this.bundle.precision, weightOnly: this.bundle.weightOnly, imageSize: d.image_size,
+      defaultSteps: this.bundle.sampler.steps,
       backend: this.backendName, backendReason: this.backendReason, threads: this.backend.threads, threadsWhy: this.backend.threadsWhy,
       hasRegion: this.bundle.hasRegion, composite: this.bundle.composite.kind, openTimings: this.openTimings, loadMs: this.backend.loadMs,
     };

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import yaml
 
-from qk_export.bundle import SPARSE_MODES, export_bundle, is_bundle
+from qk_export.bundle import SPARSE_MODES, ExportError, export_bundle, is_bundle
 from qk_export.cli import main
 from qk_export.parity import FP32_BOUND
 from qk_runtime.contract import graph_specs, Dims
@@ -101,7 +101,8 @@ def _broken_checkpoint(src, dst, **changes):
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "preset_name", "bad_config", "int8_opset10",
                                   "bad_window", "out_is_not_a_bundle", "int8_float_unknown", "int8_float_without_int8",
-                                  "int8_float_empty", "int8_float_none_and_groups", "calib_samples_negative"])
+                                  "int8_float_empty", "int8_float_none_and_groups", "calib_samples_negative",
+                                  "weight_only_without_int8", "weight_only_with_weight_bits"])
 def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "bundle"
     model = str(tiny_checkpoint)
@@ -130,6 +131,10 @@ def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path,
         extra, expect = ["--int8", "--int8-float", "none,io"], "mixes none with groups"
     elif case == "calib_samples_negative":  # refused without --int8 too
         extra, expect = ["--calib-samples", "-5"], "--calib-samples -5: need at least 1"
+    elif case == "weight_only_without_int8":  # an argparse error, with the usage line
+        extra, expect = ["--weight-only"], "--weight-only only applies with --int8"
+    elif case == "weight_only_with_weight_bits":  # weight-only weights keep the full int8 range
+        extra, expect = ["--int8", "--weight-only", "--weight-bits", "7"], "--weight-bits 7 does not apply with --weight-only"
     elif case == "out_is_not_a_bundle":
         out.mkdir()
         (out / "notes.txt").write_text("keep me")
@@ -143,6 +148,12 @@ def test_bad_arguments_exit_2_and_write_nothing(case, tiny_checkpoint, tmp_path,
         assert (out / "notes.txt").read_text() == "keep me" and not is_bundle(out)
     else:
         assert not out.exists()
+
+
+def test_api_refuses_weight_only_without_int8(tiny_checkpoint, tmp_path):
+    with pytest.raises(ExportError, match="--weight-only only applies with --int8"):
+        export_bundle(tiny_checkpoint, tmp_path / "b", weight_only=True)
+    assert not list(tmp_path.iterdir())
 
 
 def test_api_rejects_unknown_sparse_mode(tiny_checkpoint, tmp_path):

@@ -147,3 +147,31 @@ def test_float_groups_choose_what_stays_float(bundles, tmp_path):
     ref = sess.run(None, feeds[0])[0]
     assert np.abs(out - ref).mean() < 0.1 * ref.std()  # calibrated on these very inputs: close, not equal
     assert np.abs(out - ref).max() > 0
+
+
+STORED_GRAPHS = ("gateway", "cmg", "decoder", "decoder_region")  # static INT8 by default, weight-only on request
+
+
+def test_weight_only_bundle_has_int8_weights_and_no_activation_quantizer(bundles, weight_only_bundle):
+    """`--int8 --weight-only`: gateway, cmg and both decoders hold full-range int8 weights behind
+    DequantizeLinear for the very layers static INT8 quantizes, and no QuantizeLinear at all; the
+    manifest lists every quantized graph as weight-only, and nothing was calibrated."""
+    m = json.loads((weight_only_bundle / "manifest.json").read_text())
+    q = m["quantization"]
+    assert q["weight_only"] == ["text_encoder", *STORED_GRAPHS]
+    assert all(q["graphs"][g].startswith("weight-only: ") for g in q["weight_only"]) and q["calibration"] is None
+    static = json.loads((bundles["int8_region"] / "manifest.json").read_text())["quantization"]
+    assert static["weight_only"] == ["text_encoder"]  # the default keeps the others static
+    for name in STORED_GRAPHS:
+        assert m["graphs"][name]["precision"] == "int8" and m["parity"][name]["qdq_fusion"] is False
+        proto = onnx.load(str(weight_only_bundle / f"{name}.onnx"))
+        ops = collections.Counter(n.op_type for n in proto.graph.node)
+        assert ops["QuantizeLinear"] == 0 and ops["DequantizeLinear"] > 0, (name, ops)
+        inits = {t.name: t for t in proto.graph.initializer}
+        for dq in (n for n in proto.graph.node if n.op_type == "DequantizeLinear"):
+            q8 = onnx.numpy_helper.to_array(inits[dq.input[0]])  # a stored int8 weight, never an activation
+            assert q8.dtype == np.int8 and q8.ndim == 2 and np.abs(q8).max() == 127, (name, dq.name)
+        fed = _dq_fed(proto)
+        assert not any(a for a, _ in fed.values()), name  # no activation input dequantized
+        static_fed = _dq_fed(onnx.load(str(bundles["int8_region"] / f"{name}.onnx")))
+        assert {n for n, (_, w) in fed.items() if w} == {n for n, (_, w) in static_fed.items() if w}, name

@@ -1,5 +1,6 @@
 """Opening and validating bundles: a damaged or foreign bundle is refused with the fix."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -286,3 +287,45 @@ def test_a_truncated_graph_with_its_hash_updated_is_a_bundle_error_naming_the_fi
     with pytest.raises(BundleError, match=r"ONNX Runtime cannot load graph 'gateway' from .*gateway.onnx .*re-export"):
         with EditSession(bundle_copy, backend="ort-cpu") as s:
             s.edit(source_image, "make it blue", steps=2)
+
+
+# --------------------------------------------------------------------------- weight-only INT8 graphs
+
+STORED = {"text_encoder", "gateway", "cmg", "decoder", "decoder_region"}
+
+
+def test_weight_only_graphs_are_the_manifests_and_older_bundles_keep_the_text_encoder(weight_only_bundle, tmp_path):
+    """`quantization.weight_only` names the graphs opened with Q/DQ fusion off; a manifest without
+    it (written before it; the FP32 bundle sharing the INT8 text encoder) has its INT8 text encoder."""
+    assert open_bundle(weight_only_bundle).weight_only == STORED
+    shipped = Path(__file__).resolve().parents[2] / "engines" / "default"
+    for name in ("int8", "fp32"):
+        assert open_bundle(shipped / name, verify=False).weight_only == {"text_encoder"}, name
+    older = Path(shutil.copytree(weight_only_bundle, tmp_path / "older"))
+    _edit_manifest(older, lambda m: m["quantization"].pop("weight_only"))
+    assert open_bundle(older).weight_only == {"text_encoder"}
+    _edit_manifest(older, lambda m: m.update(quantization=None))
+    assert open_bundle(older).weight_only == {"text_encoder"}
+
+
+# malformed `quantization` entries and what the refusal says
+BAD_QUANTIZATION = {
+    "a list": (lambda m: m.update(quantization=["decoder"]), "'quantization' must be an object (or null)"),
+    "weight_only a string": (lambda m: m["quantization"].update(weight_only="decoder"), "must be a list of distinct graph names"),
+    "weight_only repeated": (lambda m: m["quantization"].update(weight_only=["decoder", "decoder"]), "distinct graph names"),
+    "weight_only a number": (lambda m: m["quantization"].update(weight_only=[3]), "distinct graph names"),
+    "weight_only an unknown graph": (lambda m: m["quantization"].update(weight_only=["decoder", "unet"]),
+                                     "names 'unet', which is not a graph of this bundle"),
+    "weight_only an FP32 graph": (lambda m: m["quantization"].update(weight_only=["image_decoder"]),
+                                  "names 'image_decoder', whose precision is 'fp32', not 'int8'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_QUANTIZATION))
+def test_a_malformed_weight_only_list_is_refused_with_the_fix(weight_only_bundle, tmp_path, case):
+    change, match = BAD_QUANTIZATION[case]
+    bad = Path(shutil.copytree(weight_only_bundle, tmp_path / "bad"))
+    _edit_manifest(bad, change)
+    with pytest.raises(BundleError, match=re.escape(match)) as exc:
+        open_bundle(bad)
+    assert "qk-export" in str(exc.value)

@@ -105,6 +105,20 @@ def test_region_mode_matches_torch_and_keeps_the_source_outside(region_bundle, r
     assert np.array_equal(dense.image[off], source_image[off])
 
 
+def test_weight_only_int8_bundle_matches_torch_within_the_fp32_bound(weight_only_bundle, reference_pipeline, source_image):
+    """`qk-export --int8 --weight-only` (int8 weights dequantized at load, float activations): an
+    edit, dense and region, and a generation stay within the FP32 bundles' bound of the torch model."""
+    with EditSession(weight_only_bundle, backend="ort-cpu", threads=1) as s:
+        assert s.bundle.weight_only >= {"gateway", "cmg", "decoder", "decoder_region"}
+        for sparse in ("none", "region"):
+            ours = s.edit(source_image, INSTRUCTION, BOX, seed=3, steps=8, sparse=sparse)
+            ref = reference_pipeline.edit(source_image, INSTRUCTION, BOX, seed=3, steps=8, sparse=sparse)
+            assert _max_diff(ours.image, ref.image) <= FP32_TOL, sparse
+            assert (ours.image != source_image).any(), "the edit changed nothing: the comparison proves little"
+        gen = s.generate("a red circle at the top left", seed=11, steps=8).image
+    assert _max_diff(gen, reference_pipeline.generate("a red circle at the top left", seed=11, steps=8).image) <= FP32_TOL
+
+
 # --------------------------------------------------------------------------- backends and reuse
 
 

@@ -5,13 +5,15 @@
   sigma bits (the few-step schedule and its step sizes too), guidance + Euler step, Pillow's
   resize, compositing, the region decoder's tokens, and which texts and boxes are refused; the
   cases are computed here with Python and written to a folder. bundle.js reads and refuses
-  format 5's `few_step` entries as bundle.py does.
+  format 5's `few_step` entries and `quantization.weight_only` lists as bundle.py does, and the
+  backend opens the weight-only graphs with Q/DQ fusion off.
 - The page's "in this browser" mode in Debian's Chromium (Playwright, as test_serve_page.py):
   an edit on the shipped FP32 bundle equals `qk_runtime.EditSession`'s within 1 level of 8 bits,
   and so does a few-step (format 5) FP32 edit at 4 steps;
   on the shipped INT8 bundle outside the gate the source's own pixels are kept exactly and inside
   it the edit stays within `INT8_TOLERANCE` (WebAssembly kernels round floats differently from
   ONNX Runtime's x86 kernels, and INT8 requantization amplifies that: runtime/web/README.md);
+  on a weight-only INT8 bundle (`qk-export --int8 --weight-only`, the tiny model) within 1 level;
   the noise drawn in the page equals numpy's; a bundle file damaged after the server opened it is
   refused naming the file, and the page stays usable; bad input gives a message; with the server
   stopped and the network off the page still edits and generates.
@@ -326,6 +328,68 @@ def test_few_step_manifests_are_read_and_refused_in_node_as_in_python(few_step_b
         assert "qk-export" in got["message"], got["message"]
 
 
+WEIGHT_ONLY_CHECK = """
+import fs from "node:fs";
+import path from "node:path";
+import { OrtWebBackend } from "./backend.js";
+import { openBundle } from "./bundle.js";
+const out = [];
+for (const dir of JSON.parse(process.argv[1])) {
+  const source = { name: dir, async read(rel) { return new Uint8Array(fs.readFileSync(path.join(dir, rel))); } };
+  try {
+    const b = await openBundle(source, { verify: false });
+    const backend = new OrtWebBackend(null, b, "wasm");
+    const fusionOff = Object.keys(b.graphs).filter((g) => backend.options(g).extra.session.disable_quant_qdq === "1");
+    out.push({ weightOnly: [...b.weightOnly].sort(), fusionOff: fusionOff.sort() });
+  } catch (err) {
+    out.push({ error: err.name, message: err.message });
+  }
+}
+console.log(JSON.stringify(out));
+"""
+
+
+def test_weight_only_graphs_are_read_and_refused_in_node_as_in_python(weight_only_bundle, tmp_path):
+    """bundle.js reads `quantization.weight_only` as bundle.py does (the INT8 text encoder without
+    it) and refuses a malformed one saying the same; the backend opens exactly those graphs with
+    ONNX Runtime's Q/DQ fusion off (`session.disable_quant_qdq`)."""
+    from qk_runtime.bundle import open_bundle
+    from qk_runtime.errors import BundleError
+
+    node = _node()
+    changes = {
+        "as exported": (lambda m: None, None),
+        "no list (older bundles)": (lambda m: m["quantization"].pop("weight_only"), None),
+        "a list": (lambda m: m.update(quantization=["decoder"]), "'quantization' must be an object (or null)"),
+        "repeated": (lambda m: m["quantization"].update(weight_only=["cmg", "cmg"]), "must be a list of distinct graph names"),
+        "an unknown graph": (lambda m: m["quantization"].update(weight_only=["unet"]), "names 'unet', which is not a graph"),
+        "an FP32 graph": (lambda m: m["quantization"].update(weight_only=["image_decoder"]),
+                          "names 'image_decoder', whose precision is 'fp32', not 'int8'"),
+    }
+    dirs = []
+    for i, (change, _) in enumerate(changes.values()):
+        folder = _linked_copy(weight_only_bundle, tmp_path / str(i))
+        m = json.loads((folder / "manifest.json").read_text())
+        change(m)
+        (folder / "manifest.json").unlink()
+        (folder / "manifest.json").write_text(json.dumps(m))
+        dirs.append(str(folder))
+    run = subprocess.run([node, "--input-type=module", "-e", WEIGHT_ONLY_CHECK, json.dumps(dirs)], cwd=WEB,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    results = json.loads(run.stdout)
+    assert results[0]["weightOnly"] == ["cmg", "decoder", "decoder_region", "gateway", "text_encoder"]
+    for (name, (_, message)), folder, got in zip(changes.items(), dirs, results):
+        if message is None:
+            want = sorted(open_bundle(folder, verify=False).weight_only)
+            assert got == {"weightOnly": want, "fusionOff": want}, name
+            continue
+        with pytest.raises(BundleError):
+            open_bundle(folder, verify=False)
+        assert got.get("error") == "BundleError" and message in got["message"], f"{name}: {got}"
+        assert "qk-export" in got["message"], got["message"]
+
+
 # --------------------------------------------------------------------------- what qk-serve hands the page
 
 
@@ -515,6 +579,23 @@ def test_few_step_edit_in_the_browser_equals_the_python_runtime(few_step_bundle)
         assert not page.errors, page.errors
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     assert diff.max() <= TOLERANCE, f"the browser's 4-step edit differs from the Python runtime's by up to {diff.max()} levels"
+
+
+def test_weight_only_int8_edit_in_the_browser_equals_the_python_runtime(weight_only_bundle):
+    """`qk-export --int8 --weight-only` (the tiny model): every INT8 graph runs float kernels on
+    dequantized weights on both sides (Q/DQ fusion off), so the browser's edit is the Python
+    runtime's within 1 level, as on FP32 bundles (static INT8: INT8_TOLERANCE)."""
+    _chromium()
+    with EditSession(weight_only_bundle, backend="ort-cpu") as s:
+        want = s.edit(_sample(), INSTRUCTION, box=BOX, seed=0).image
+    with _serve(weight_only_bundle) as (url, _), _page(url) as (_, page):
+        info = _load_in_browser(page)
+        assert "int8 weight-only bundle" in info and "wasm" in info, info
+        got = _edit_in_page(page)
+        assert not page.errors, page.errors
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= TOLERANCE, f"the browser's weight-only INT8 edit differs from the Python runtime's by up to {diff.max()} levels"
+    assert (want != _sample()).any(), "the edit changed nothing: the comparison proves little"
 
 
 def test_int8_edit_in_the_browser_against_the_python_runtime_and_offline():

@@ -1,6 +1,7 @@
 """Parity: the C++ runtime's edits equal the Python runtime's (qk_runtime.EditSession on the ONNX
-Runtime CPU backend) within 1/255 per pixel, on 20 ShapeWorld edits, for FP32, INT8 and region
-bundles. Both sides run ONNX Runtime on one thread, so in practice the pixels are identical."""
+Runtime CPU backend) within 1/255 per pixel, on 20 ShapeWorld edits, for FP32, INT8 (static and
+weight-only) and region bundles. Both sides run ONNX Runtime on one thread, so in practice the
+pixels are identical."""
 from __future__ import annotations
 
 import json
@@ -76,6 +77,17 @@ def test_int8_parity_on_20_shapeworld_edits(cpp_build, int8_bundle, shapeworld_e
     rows = _run_both(cpp_build, int8_bundle, shapeworld_edits, tmp_path, "none")
     assert len(rows) == 20
     _check(rows)
+
+
+def test_weight_only_int8_parity(cpp_build, weight_only_bundle, shapeworld_edits, tmp_path):
+    """`qk-export --int8 --weight-only`: the C++ runtime reads the same weight-only graphs from the
+    manifest (all five INT8 ones: Q/DQ fusion off) and its region edits equal Python's."""
+    from qk_runtime.bundle import open_bundle
+
+    weight_only = open_bundle(weight_only_bundle).weight_only
+    assert weight_only == {"text_encoder", "gateway", "cmg", "decoder", "decoder_region"}
+    assert set(probe(cpp_build, "bundle", weight_only_bundle)["weight_only"]) == weight_only
+    _check(_run_both(cpp_build, weight_only_bundle, shapeworld_edits[:8], tmp_path, "region"))
 
 
 @pytest.mark.parametrize("composite", ["gate", "exported"])

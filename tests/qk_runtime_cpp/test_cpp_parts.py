@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -331,6 +332,38 @@ def test_composite_entries_are_read_and_refused_as_in_python(cpp_build, fp32_bun
         assert out["error"] == 2 and "'composite'" in out["message"] and "'composite'" in str(exc), (out, exc)
         return
     assert probe(cpp_build, "bundle", copy)["composite"] == want
+
+
+def test_weight_only_graphs_are_read_and_refused_as_in_python(cpp_build, weight_only_bundle, tmp_path):
+    """`quantization.weight_only` (the graphs opened with Q/DQ fusion off): the C++ loader reads the
+    same list as bundle.py, falls back to the INT8 text encoder without one, and refuses what
+    bundle.py refuses, saying the same."""
+    from qk_runtime.bundle import open_bundle
+    from qk_runtime.errors import BundleError
+
+    changes = {
+        "as exported": (lambda m: None, None),
+        "no list": (lambda m: m["quantization"].pop("weight_only"), None),
+        "no record": (lambda m: m.update(quantization=None), None),
+        "a list": (lambda m: m.update(quantization=["decoder"]), "'quantization' must be an object (or null)"),
+        "a string": (lambda m: m["quantization"].update(weight_only="decoder"), "must be a list of distinct graph names"),
+        "repeated": (lambda m: m["quantization"].update(weight_only=["cmg", "cmg"]), "must be a list of distinct graph names"),
+        "an unknown graph": (lambda m: m["quantization"].update(weight_only=["unet"]), "names 'unet', which is not a graph"),
+        "an FP32 graph": (lambda m: m["quantization"].update(weight_only=["decoder_cond"]),
+                          "names 'decoder_cond', whose precision is 'fp32', not 'int8'"),
+    }
+    for i, (name, (change, message)) in enumerate(changes.items()):
+        copy = Path(shutil.copytree(weight_only_bundle, tmp_path / str(i)))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        change(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        if message is None:
+            assert set(probe(cpp_build, "bundle", copy)["weight_only"]) == open_bundle(copy).weight_only, name
+            continue
+        with pytest.raises(BundleError, match=re.escape(message)):
+            open_bundle(copy)
+        out = probe(cpp_build, "bundle", copy, ok=False)
+        assert message in out["message"] and "qk-export" in out["message"], (name, out)
 
 
 def test_bundle_files_outside_and_bad_manifests_are_refused_as_in_python(cpp_build, fp32_bundle, tmp_path):

@@ -76,24 +76,19 @@ public:
             opts_.SetInterOpNumThreads(1);
         }
         opts_.SetLogSeverityLevel(3);
-        // weight-only INT8 graphs (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS): no Q/DQ fusion, so
-        // their weights are dequantized once at load, as the Python runtime does
+        // weight-only INT8 graphs (Bundle::weight_only, from the manifest): no Q/DQ fusion, so their
+        // weights are dequantized once at load, as the Python runtime does
         weight_only_opts_ = opts_.Clone();
         weight_only_opts_.AddConfigEntry("session.disable_quant_qdq", "1");
+        weight_only_spin_opts_ = weight_only_opts_.Clone();
         weight_only_opts_.AddConfigEntry("session.intra_op.allow_spinning", "0");
         // idle worker threads sleep instead of spinning (a CPU shared with other work); with
         // options.spinning the denoising loop's graphs spin (kSpinGraphs), the others still sleep
         spin_opts_ = opts_.Clone();
         spin_opts_.AddConfigEntry("session.intra_op.allow_spinning", options.spinning ? "1" : "0");
+        weight_only_spin_opts_.AddConfigEntry("session.intra_op.allow_spinning", options.spinning ? "1" : "0");
         opts_.AddConfigEntry("session.intra_op.allow_spinning", "0");
-        for (const auto& [name, info] : bundle.graphs) {
-            (void)info;
-            const nlohmann::json& g = bundle.manifest["graphs"][name];
-            std::string precision = g.is_object() && g.contains("precision") && g["precision"].is_string()
-                                        ? g["precision"].get<std::string>() : bundle.precision;
-            for (const char* w : kWeightOnlyInt8Graphs)
-                if (name == w && precision == "int8") weight_only_.insert(name);
-        }
+        weight_only_ = bundle.weight_only;
     }
 
     std::string name() const override { return "ort-cpu"; }
@@ -122,8 +117,9 @@ private:
             bool spin = false;
             for (const char* g : kSpinGraphs)
                 if (graph.name == g) spin = true;
+            const bool weight_only = weight_only_.count(graph.name) != 0;
             s = Ort::Session(env_, graph.path.c_str(),
-                             weight_only_.count(graph.name) ? weight_only_opts_ : spin ? spin_opts_ : opts_);
+                             weight_only ? (spin ? weight_only_spin_opts_ : weight_only_opts_) : spin ? spin_opts_ : opts_);
         } catch (const Ort::Exception& e) {
             throw BundleError("ONNX Runtime cannot load " + graph.path + " (" + e.what() +
                               "); the bundle is damaged or was written by an incompatible exporter: re-export it");
@@ -148,7 +144,7 @@ private:
     }
 
     Ort::Env env_;
-    Ort::SessionOptions opts_, weight_only_opts_{nullptr}, spin_opts_{nullptr};
+    Ort::SessionOptions opts_, weight_only_opts_{nullptr}, weight_only_spin_opts_{nullptr}, spin_opts_{nullptr};
     std::set<std::string> weight_only_;
     Ort::MemoryInfo mem_;
     std::map<std::string, Ort::Session> sessions_;

@@ -464,6 +464,45 @@ std::optional<FewStep> read_few_step(const json& m, int format_version, const st
     return f;
 }
 
+// a graph's own precision (a shared text encoder's may differ), else the bundle's
+std::string graph_precision(const json& m, const std::string& graph) {
+    const json& g = m["graphs"][graph];
+    if (g.is_object() && g.contains("precision")) return g["precision"].is_string() ? g["precision"].get<std::string>() : dump(g["precision"]);
+    return m["precision"].get<std::string>();
+}
+
+// runtime/bundle.py _weight_only: `quantization.weight_only`, distinct names of INT8 graphs of this
+// bundle; without it the INT8 ones of kWeightOnlyInt8Graphs
+std::set<std::string> read_weight_only(const json& m, const std::map<std::string, GraphInfo>& graphs, const std::string& where) {
+    std::set<std::string> out;
+    const json q = m.value("quantization", json());
+    if (!q.is_null() && !q.is_object())
+        throw BundleError(where + ": 'quantization' must be an object (or null), got " + dump(q) + "; " + kHint);
+    if (q.is_null() || !q.contains("weight_only")) {
+        for (const char* g : kWeightOnlyInt8Graphs)
+            if (graphs.count(g) && graph_precision(m, g) == "int8") out.insert(g);
+        return out;
+    }
+    const json& names = q["weight_only"];
+    bool ok = names.is_array();
+    for (const auto& n : ok ? names : json::array()) ok = ok && n.is_string() && out.insert(n.get<std::string>()).second;
+    if (!ok)
+        throw BundleError(where + ": quantization.weight_only=" + dump(names) + "; must be a list of distinct graph names; " + kHint);
+    for (const auto& n : names) {  // in the manifest's order, as bundle.py reports the first wrong one
+        const std::string name = n.get<std::string>();
+        if (!graphs.count(name)) {
+            std::string have;
+            for (const auto& [g, _] : graphs) have += (have.empty() ? "" : ", ") + g;
+            throw BundleError(where + ": quantization.weight_only names '" + name + "', which is not a graph of this bundle (" +
+                              have + "); " + kHint);
+        }
+        if (graph_precision(m, name) != "int8")
+            throw BundleError(where + ": quantization.weight_only names '" + name + "', whose precision is '" +
+                              graph_precision(m, name) + "', not 'int8' (only INT8 graphs can be weight-only); " + kHint);
+    }
+    return out;
+}
+
 }  // namespace
 
 bool FewStep::runs(int n) const { return std::find(steps.begin(), steps.end(), n) != steps.end(); }
@@ -623,6 +662,7 @@ Bundle open_bundle(const std::string& path, bool verify) {
         throw BundleError(where + ": sparse_attn is 'region' but the decoder_region graph is missing; " + kHint);
     b.sampler = read_sampler(m["sampler"], where);
     b.composite = read_composite(m, m["format_version"].get<int>(), where);
+    b.weight_only = read_weight_only(m, b.graphs, where);
     b.manifest = std::move(m);
     return b;
 }

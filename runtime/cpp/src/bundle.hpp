@@ -8,6 +8,7 @@
 
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -25,7 +26,9 @@ constexpr int kCompositeFormatVersion = 4;  // the first format whose manifest c
 constexpr int kFewStepFormatVersion = 5;    // the first format whose decoders may take `step_size` (with `few_step`)
 constexpr int kMinFormatVersion = 1;  // 1: it takes exactly max_length tokens
 constexpr int kMaxBatch = 3;
-// graphs INT8 bundles store weight-only (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS)
+// the INT8 graphs stored weight-only where the manifest has no `quantization.weight_only` list
+// (runtime/contract.py WEIGHT_ONLY_INT8_GRAPHS: bundles written before it, FP32 bundles sharing an
+// INT8 text encoder)
 inline const char* const kWeightOnlyInt8Graphs[] = {"text_encoder"};
 // graphs whose ONNX Runtime sessions spin with SessionOptions::spinning: the denoising loop's
 // (runtime/backend_ort.py SPIN_GRAPHS; the other sessions' spinning pools slowed edits on 2 cores)
@@ -101,6 +104,9 @@ struct Bundle {
     SamplerConfig sampler;
     Composite composite;
     std::optional<FewStep> few_step;  // format 5's `few_step` (unset: the decoders take no step_size)
+    // the INT8 graphs stored weight-only, opened with ONNX Runtime's Q/DQ fusion off: the manifest's
+    // `quantization.weight_only`, else those of kWeightOnlyInt8Graphs in INT8 (runtime/bundle.py _weight_only)
+    std::set<std::string> weight_only;
     std::string tokenizer_path;
     std::map<std::string, std::string> files;  // relative name -> sha256
     std::map<std::string, std::string> paths;  // relative name -> the checked, resolved file

@@ -8,7 +8,7 @@
 //   qk_cpp_probe sha256 FILE...                                         -> ["hex", ...]
 //   qk_cpp_probe png IN.png OUT.rgb                                     -> {"width", "height"} + raw RGB
 //   qk_cpp_probe resize IN.png WIDTH HEIGHT OUT.png
-//   qk_cpp_probe bundle DIR                                             -> {"precision", ...} or an error
+//   qk_cpp_probe bundle DIR                                             -> {"precision", "weight_only", ...} or an error
 //   qk_cpp_probe edits BUNDLE JOBS.json [THREADS]                       -> [{"out", "timings", ...}]
 //        JOBS.json: [{"image", "instruction", "box"|null, "seed", "steps"|0, "sparse", "out"}]
 //   qk_cpp_probe allocs BUNDLE IMAGE.png [THREADS]                      -> allocation counts (see below)
@@ -155,7 +155,7 @@ int run(int argc, char** argv) {
                              : json{{"kind", "changed"}, {"lo", c.lo}, {"hi", c.hi}, {"widen", c.widen}};
         std::cout << json{{"precision", b.precision}, {"sparse_attn", b.sparse_attn}, {"graphs", graphs}, {"sha", b.sha()},
                           {"steps", b.sampler.steps}, {"composite", composite},
-                          {"few_step", b.few_step ? json(b.few_step->steps) : json()}}
+                          {"few_step", b.few_step ? json(b.few_step->steps) : json()}, {"weight_only", b.weight_only}}
                          .dump()
                   << "\n";
     } else if (cmd == "edits") {

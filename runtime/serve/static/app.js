@@ -373,7 +373,8 @@ async function runUndo() {
 
 function describeLocal(info) {
   const o = info.openTimings, s = (ms) => (ms / 1000).toFixed(1);
-  return `in this browser: ${info.backend} (${info.backendReason}); ${info.threadsWhy}; ${info.precision} bundle loaded in ` +
+  const precision = info.precision + (info.weightOnly?.includes("decoder") ? " weight-only" : ""); // qk-export --weight-only
+  return `in this browser: ${info.backend} (${info.backendReason}); ${info.threadsWhy}; ${precision} bundle loaded in ` +
     `${s(o.total)} s (fetch ${s(o.fetch)} s, sha256 ${s(o.verify)} s, sessions ${s(o.sessions)} s)`;
 }
 
