@@ -98,6 +98,12 @@ def _median_stages(timings: list[dict]) -> dict:
     return {k: round(statistics.median(t[k] for t in timings), 2) for k in STAGES if all(k in t for t in timings)}
 
 
+def _label(manifest: dict) -> str:
+    """The bundle's precision, "int8 weight-only" for a `qk-export --int8 --weight-only` bundle."""
+    weight_only = (manifest.get("quantization") or {}).get("weight_only") or []
+    return manifest["precision"] + (" weight-only" if "decoder" in weight_only else "")
+
+
 def run_bundle(bundle: Path, page_factory, edits: int, generations: int) -> dict:
     from qk_runtime import EditSession
 
@@ -141,7 +147,7 @@ def run_bundle(bundle: Path, page_factory, edits: int, generations: int) -> dict
     e_b, e_p = _median_stages([r["browser"] for r in edits_rows]), _median_stages([r["python"] for r in edits_rows])
     g_b, g_p = _median_stages([r["browser"] for r in gen_rows]), _median_stages([r["python"] for r in gen_rows])
     return {
-        "bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle), "precision": manifest["precision"],
+        "bundle": str(bundle.relative_to(ROOT) if bundle.is_relative_to(ROOT) else bundle), "precision": _label(manifest),
         "format_version": manifest["format_version"], "side": side, "steps": manifest["sampler"]["steps"],
         "browser_backend": info["backend"], "browser_backend_reason": info["backendReason"], "browser_threads": info["threads"],
         "browser_open_ms": {k: round(v, 1) for k, v in info["openTimings"].items()}, "browser_load_s": round(load_s, 2),
