@@ -129,6 +129,15 @@ class TrainConfig:
     # step counts the samplers run as shortcut steps (uniform sigmas, d = sigma - sigma_next): powers
     # of two from 1 to 1 / SHORTCUT_MIN_STEP; any other count samples the instantaneous velocity (d = 0)
     shortcut_steps: tuple[int, ...] = (1, 2, 4)
+    # token routing (TREAD, Krause et al. 2025), training only: in the joint objective's decoder
+    # forward this share of each sample's image tokens skips decoder blocks route_blocks[0] ..
+    # route_blocks[1] - 1 (a half-open range: [1, 5] routes past blocks 1, 2, 3 and 4, so block 0
+    # and block 5 see every token) and rejoins unchanged; the loss still covers every token. An
+    # edit's changed tokens (its change mask at token resolution, dilated by one token) are never
+    # routed: a sample keeps more tokens when they need it. Evaluation, sampling and export run
+    # every token through every block whatever this is. 0: off
+    route_fraction: float = 0.0
+    route_blocks: tuple[int, ...] = (1, 5)
 
 
 # --------------------------------------------------------------------------- model config
@@ -338,6 +347,21 @@ def validate(cfg: ModelConfig, where: str = "config") -> None:
          and list(cfg.train.shortcut_steps) == sorted(set(cfg.train.shortcut_steps)),
          f"train.shortcut_steps={list(cfg.train.shortcut_steps)} must be increasing step counts from {levels} "
          f"(the step sizes shortcut training covers), e.g. [1, 2, 4]")
+    route = list(cfg.train.route_blocks)
+    need(0.0 <= cfg.train.route_fraction < 1.0,
+         f"train.route_fraction={cfg.train.route_fraction} must lie in [0, 1) (0.5 is usual; 0 switches routing off)")
+    need(len(route) == 2 and 0 <= route[0] < route[1],
+         f"train.route_blocks={route} must be [start, end] with 0 <= start < end: the decoder blocks start .. end - 1 "
+         f"that routed tokens skip, e.g. [1, 5]")
+    if cfg.train.route_fraction > 0:
+        start = 1 if cfg.decoder.depth >= 2 else 0
+        need(route[1] <= cfg.decoder.depth,
+             f"train.route_blocks={route} routes past blocks {route[0]} .. {route[1] - 1}, but the decoder has "
+             f"decoder.depth={cfg.decoder.depth} blocks (0 .. {cfg.decoder.depth - 1}); use an end <= {cfg.decoder.depth}, "
+             f"e.g. [{start}, {max(start + 1, cfg.decoder.depth - 1)}]")
+        need(cfg.decoder.attn_window == 0,
+             f"train.route_fraction={cfg.train.route_fraction} needs dense self-attention (the kept tokens no longer "
+             f"tile into windows): set decoder.attn_window=0 (it is {cfg.decoder.attn_window}) or train.route_fraction=0")
     need(cfg.train.batch_size >= 1 and cfg.train.steps >= 1, "train.batch_size and train.steps must be >= 1")
 
 

@@ -16,8 +16,16 @@ sigma - sigma_next; 0: the instantaneous velocity), embedded like sigma and adde
 embedding: a shortcut model (Frans et al. 2024) predicts the mean velocity over a step of size d.
 The embedding's output layer starts at zero, so a trained model with it switched on gives the
 same outputs as without, to the bit, until it is trained.
+
+A `Route` (training only; TREAD, Krause et al. 2025) runs blocks `start .. end - 1` on a subset of
+the image tokens: the kept tokens attend among themselves (and to the source tokens in `sequence`
+mode, which are never routed), the others skip those blocks and rejoin unchanged before block
+`end`, so the later blocks and the final layer still predict every token. Without a route (every
+evaluation, sampler and exported graph) every token runs every block, as before.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -44,6 +52,15 @@ def window_merge(x: torch.Tensor, B: int, grid_h: int, grid_w: int, w: int) -> t
     D = x.shape[-1]
     x = x.reshape(B, grid_h // w, grid_w // w, w, w, D).permute(0, 1, 3, 2, 4, 5)  # (B, gh/w, w, gw/w, w, D)
     return x.reshape(B, grid_h * grid_w, D)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Token routing for one training forward: image tokens not in `keep` skip blocks start..end-1."""
+
+    keep: torch.Tensor  # (B, K) indices of the image tokens that run the routed blocks, K < N
+    start: int  # first routed block
+    end: int  # blocks start..end-1 are routed; the routed tokens rejoin before block `end`
 
 
 class DiTBlock(nn.Module):
@@ -130,13 +147,14 @@ class DiT(nn.Module):
         *,
         cond: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,  # `condition`'s output, made beforehand
         step_size: torch.Tensor | None = None,  # (B,) d in sigma units; None: 0 (needs `step_size_cond`)
+        route: Route | None = None,  # training only: tokens that skip the middle blocks
     ) -> torch.Tensor:
         """One velocity prediction: `condition` (unless `cond` is given: then text, text_mask,
         kontext and flags are not read) then `step`. Exported graphs call this rather than
         `step`, so that their nodes keep the `/decoder/...` module names."""
         if cond is None:
             cond = self.condition(text, text_mask, kontext, flags)
-        return self.step(x, sigma, *cond, source, region, gate_map, active, step_size=step_size)
+        return self.step(x, sigma, *cond, source, region, gate_map, active, step_size=step_size, route=route)
 
     def condition(
         self,
@@ -176,9 +194,11 @@ class DiT(nn.Module):
         active: torch.Tensor | None = None,  # (B, M) token indices: run these tokens only
         *,
         step_size: torch.Tensor | None = None,  # (B,) d in sigma units; None: 0 (needs `step_size_cond`)
+        route: Route | None = None,  # training only: tokens that skip blocks route.start..route.end-1
     ) -> torch.Tensor:
         """The DiT's velocity at x_t given the edit's `condition`; with `step_size_cond`, the mean
-        velocity over a step of size `step_size` (0 or None: the instantaneous one)."""
+        velocity over a step of size `step_size` (0 or None: the instantaneous one). With `route`,
+        only `route.keep`'s image tokens run the routed blocks (see the module docstring)."""
         B, C, h, w = x.shape
         p, D = self.cfg.patch, self.cfg.width
         gh, gw = h // p, w // p
@@ -204,10 +224,25 @@ class DiT(nn.Module):
                              "(and train it) or leave step_size out")
         c = c + cond_emb
         window = self.cfg.attn_window if active is None and self.cfg.source_mode == "channel" else 0
+        if route is not None:
+            if active is not None or window:
+                raise ValueError("route needs all image tokens and dense attention: not with `active` or "
+                                 "decoder.attn_window > 0")
+            if not 0 <= route.start < route.end <= len(self.blocks):
+                raise ValueError(f"route blocks {route.start}..{route.end - 1} are not blocks of this "
+                                 f"{len(self.blocks)}-block DiT")
+            keep = route.keep[:, :, None].expand(-1, -1, D)  # (B, K, D)
+            n_keep = keep.shape[1]
         # one piece per block; a split (not slices) so that backward concatenates the pieces'
         # gradients instead of zero-filling a full-size buffer per block
-        for block, block_kv in zip(self.blocks, cond_kv.split(2 * D, dim=-1)):
+        for i, (block, block_kv) in enumerate(zip(self.blocks, cond_kv.split(2 * D, dim=-1))):
+            if route is not None and i == route.start:
+                full = tokens[:, :n_img]  # (B, N, D): what the routed tokens rejoin with
+                tokens = torch.cat([torch.gather(full, 1, keep), tokens[:, n_img:]], 1)  # (B, K (+ N), D)
             tokens = block(tokens, c, block_kv, cond_bias, window, (gh, gw))
+            if route is not None and i == route.end - 1:
+                img = full.scatter(1, keep, tokens[:, :n_keep])  # (B, N, D): the kept tokens back in place
+                tokens = torch.cat([img, tokens[:, n_keep:]], 1)  # (B, N (+ N), D)
         out = self.final(tokens[:, :n_img], c)  # (B, N or M, C*p*p)
         if active is not None:
             return out  # (B, M, C*p*p): velocities of the active tokens only

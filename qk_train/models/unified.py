@@ -23,7 +23,7 @@ from .. import checkpoint as ckpt
 from ..config import SHORTCUT_MIN_STEP, ModelConfig, from_dict
 from .autoencoder import build_codec
 from .cmg import CrossModalGate
-from .dit import DiT
+from .dit import DiT, Route
 from .gateway import QueryGateway
 from .layers import key_bias_from_mask, map_to_tokens, tokens_to_map
 from .text_encoder import TextEmbedder, build_text_encoder, load_tokenizer, pretrained_folder
@@ -42,6 +42,23 @@ def shortcut_draw(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Ten
     cells = torch.round(1 / whole)  # (n,) steps of size 2d from 1 to 0
     j = torch.floor(torch.rand(n, generator=gen) * cells) + 1  # (n,) in 1..cells
     return j * whole, whole / 2
+
+
+def route_draw(changed: torch.Tensor, is_edit: torch.Tensor, grid: tuple[int, int], fraction: float,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token routing's draw for one batch: which image tokens run the routed blocks.
+    changed (B, N) the change mask at token resolution (ones for generation samples), is_edit (B,).
+    An edit's changed tokens, dilated by one token, are protected: always kept. Each sample keeps
+    K = max(N - round(fraction * N), its protected count, over the batch) tokens: its protected
+    ones and the rest at random (scores from the CPU generator `gen`, so a run is reproducible).
+    -> keep (B, K) token indices, ascending; protected (B, N) bool."""
+    B, N = changed.shape
+    dilated = F.max_pool2d(changed.reshape(B, 1, *grid).float(), 3, stride=1, padding=1).flatten(1)  # (B, N)
+    protected = (dilated > 0) & (is_edit[:, None] > 0)
+    keep_n = max(N - round(fraction * N), int(protected.sum(1).max()))
+    score = torch.rand(B, N, generator=gen).to(changed.device).masked_fill(protected, -1.0)  # protected first
+    keep = torch.argsort(score, dim=1)[:, :keep_n]  # (B, K)
+    return torch.sort(keep, dim=1).values, protected
 
 
 @dataclass
@@ -151,7 +168,10 @@ class QKModel(nn.Module):
         """Rectified-flow velocity loss on generation and editing samples plus the gate's BCE. With
         `train.shortcut_fraction` (a model with `decoder.step_size_cond`) the batch's first samples
         regress v(x, sigma, 2d) onto `shortcut_target` instead (weighted by `train.shortcut_weight`),
-        the others the flow-matching target at step size 0."""
+        the others the flow-matching target at step size 0. With `train.route_fraction` the
+        decoder's forward routes that share of the image tokens past `train.route_blocks`
+        (`route_draw`: never an edit's changed tokens); the loss still covers every token, and the
+        shortcut target is the full model's."""
         t = self.cfg.train
         B = batch.target.shape[0]
         dev = batch.target.device  # random draws come from the CPU generator `gen` (reproducible anywhere), then move
@@ -216,9 +236,16 @@ class QKModel(nn.Module):
                                                 None if kontext is None else kontext[sc], src[sc], region[sc],
                                                 gate_map[sc], flags[sc])
             part_w[sc] = t.shortcut_weight
+        route = None
+        if t.route_fraction > 0:  # the step's last draw: every draw above is what it is without routing
+            keep, _ = route_draw(token_mask, is_edit, (h // self.patch, w // self.patch), t.route_fraction, gen)
+            logs["routed"] = 1.0 - keep.shape[1] / token_mask.shape[1]  # share of image tokens routed
+            if keep.shape[1] < token_mask.shape[1]:
+                route = Route(keep, *t.route_blocks)
         s = sigma[:, None, None, None]
         x_t = s * noise + (1 - s) * x0
-        v_pred = self.decoder(x_t, sigma, text, text_mask, kontext, src, region, gate_map, flags, step_size=step_size)
+        v_pred = self.decoder(x_t, sigma, text, text_mask, kontext, src, region, gate_map, flags, step_size=step_size,
+                              route=route)
         inside = self.gate_map(token_mask, h, w) * is_edit[:, None, None, None]
         weight = 1.0 + t.inside_weight * inside
         per_sample = (weight * (v_pred - v_target) ** 2).mean((1, 2, 3)) / weight.mean((1, 2, 3))
