@@ -213,6 +213,27 @@ def test_parts_equal_the_python_runtime_in_node(tmp_path):
     assert "# fail 0" in out and "# skipped 0" in out, out[-3000:]
 
 
+def _changed_copies(bundle, changes, tmp_path) -> list[str]:
+    """One linked copy of `bundle` per manifest change (a function editing the manifest dict in place)."""
+    dirs = []
+    for i, change in enumerate(changes):
+        folder = _linked_copy(bundle, tmp_path / str(i))
+        m = json.loads((folder / "manifest.json").read_text())
+        change(m)
+        (folder / "manifest.json").unlink()  # a hard link: write a new file, not through the link
+        (folder / "manifest.json").write_text(json.dumps(m))
+        dirs.append(str(folder))
+    return dirs
+
+
+def _node_results(node, script: str, dirs: list[str]) -> list:
+    """Run a node check script over the folders; its JSON answer, one entry per folder."""
+    run = subprocess.run([node, "--input-type=module", "-e", script, json.dumps(dirs)], cwd=WEB,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    return json.loads(run.stdout)
+
+
 def _linked_copy(src: Path, dst: Path) -> Path:
     """A copy of a bundle folder, hard-linked where the file system allows (the files stay inside it)."""
     def link(a, b):
@@ -306,18 +327,8 @@ def test_few_step_manifests_are_read_and_refused_in_node_as_in_python(few_step_b
         "format 4": (lambda m: m.update(format_version=4), "'few_step' needs format_version 5 or newer"),
         "no few_step": (lambda m: m.pop("few_step"), "differ from the contract"),
     }
-    dirs = []
-    for i, (change, _) in enumerate(changes.values()):
-        folder = _linked_copy(few_step_bundle, tmp_path / str(i))
-        m = json.loads((folder / "manifest.json").read_text())
-        change(m)
-        (folder / "manifest.json").unlink()
-        (folder / "manifest.json").write_text(json.dumps(m))
-        dirs.append(str(folder))
-    run = subprocess.run([node, "--input-type=module", "-e", FEW_STEP_CHECK, json.dumps(dirs)], cwd=WEB,
-                         capture_output=True, text=True, timeout=120, check=False)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    results = json.loads(run.stdout)
+    dirs = _changed_copies(few_step_bundle, [c for c, _ in changes.values()], tmp_path)
+    results = _node_results(node, FEW_STEP_CHECK, dirs)
     for (name, (_, message)), folder, got in zip(changes.items(), dirs, results):
         if message is None:
             assert got == {"fewStep": {"steps": list(open_bundle(folder, verify=False).few_step.steps)}}, name
@@ -366,18 +377,8 @@ def test_weight_only_graphs_are_read_and_refused_in_node_as_in_python(weight_onl
         "an FP32 graph": (lambda m: m["quantization"].update(weight_only=["image_decoder"]),
                           "names 'image_decoder', whose precision is 'fp32', not 'int8'"),
     }
-    dirs = []
-    for i, (change, _) in enumerate(changes.values()):
-        folder = _linked_copy(weight_only_bundle, tmp_path / str(i))
-        m = json.loads((folder / "manifest.json").read_text())
-        change(m)
-        (folder / "manifest.json").unlink()
-        (folder / "manifest.json").write_text(json.dumps(m))
-        dirs.append(str(folder))
-    run = subprocess.run([node, "--input-type=module", "-e", WEIGHT_ONLY_CHECK, json.dumps(dirs)], cwd=WEB,
-                         capture_output=True, text=True, timeout=120, check=False)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
-    results = json.loads(run.stdout)
+    dirs = _changed_copies(weight_only_bundle, [c for c, _ in changes.values()], tmp_path)
+    results = _node_results(node, WEIGHT_ONLY_CHECK, dirs)
     assert results[0]["weightOnly"] == ["cmg", "decoder", "decoder_region", "gateway", "text_encoder"]
     for (name, (_, message)), folder, got in zip(changes.items(), dirs, results):
         if message is None:
