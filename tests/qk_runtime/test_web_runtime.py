@@ -293,22 +293,29 @@ def test_edits_in_node_equal_the_python_runtime(tmp_path):
             assert diff.max() <= TOLERANCE, f"job {i}: Node's output differs from the Python runtime's by up to {diff.max()} levels"
 
 
-FEW_STEP_CHECK = """
+def _bundle_check(body: str, imports: str = "") -> str:
+    """A node script that opens each bundle folder of argv[1] with the web runtime's openBundle, runs
+    `body` on it (`b`; it pushes one entry to `out`) and prints the entries, an error as {error, message}."""
+    return """
 import fs from "node:fs";
 import path from "node:path";
 import { openBundle } from "./bundle.js";
+""" + imports + """
 const out = [];
 for (const dir of JSON.parse(process.argv[1])) {
   const source = { name: dir, async read(rel) { return new Uint8Array(fs.readFileSync(path.join(dir, rel))); } };
   try {
     const b = await openBundle(source, { verify: false });
-    out.push({ fewStep: b.fewStep });
+""" + body + """
   } catch (err) {
     out.push({ error: err.name, message: err.message });
   }
 }
 console.log(JSON.stringify(out));
 """
+
+
+FEW_STEP_CHECK = _bundle_check("    out.push({ fewStep: b.fewStep });")
 
 
 def test_few_step_manifests_are_read_and_refused_in_node_as_in_python(few_step_bundle, tmp_path):
@@ -339,25 +346,10 @@ def test_few_step_manifests_are_read_and_refused_in_node_as_in_python(few_step_b
         assert "qk-export" in got["message"], got["message"]
 
 
-WEIGHT_ONLY_CHECK = """
-import fs from "node:fs";
-import path from "node:path";
-import { OrtWebBackend } from "./backend.js";
-import { openBundle } from "./bundle.js";
-const out = [];
-for (const dir of JSON.parse(process.argv[1])) {
-  const source = { name: dir, async read(rel) { return new Uint8Array(fs.readFileSync(path.join(dir, rel))); } };
-  try {
-    const b = await openBundle(source, { verify: false });
+WEIGHT_ONLY_CHECK = _bundle_check("""
     const backend = new OrtWebBackend(null, b, "wasm");
     const fusionOff = Object.keys(b.graphs).filter((g) => backend.options(g).extra.session.disable_quant_qdq === "1");
-    out.push({ weightOnly: [...b.weightOnly].sort(), fusionOff: fusionOff.sort() });
-  } catch (err) {
-    out.push({ error: err.name, message: err.message });
-  }
-}
-console.log(JSON.stringify(out));
-"""
+    out.push({ weightOnly: [...b.weightOnly].sort(), fusionOff: fusionOff.sort() });""", 'import { OrtWebBackend } from "./backend.js";')
 
 
 def test_weight_only_graphs_are_read_and_refused_in_node_as_in_python(weight_only_bundle, tmp_path):
@@ -550,16 +542,21 @@ def _outside_token_box(box, side: int, token: int) -> np.ndarray:
     return mask
 
 
-def test_fp32_edit_in_the_browser_equals_the_python_runtime():
+def _edit_here_and_in_the_browser(bundle: Path, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """(Python runtime's edit, the page's edit in this browser) of the test sample; the page names `label`."""
     _chromium()
-    bundle = default_bundle_dir().parent / "fp32"
     with EditSession(bundle, backend="ort-cpu") as s:
         want = s.edit(_sample(), INSTRUCTION, box=BOX, seed=0).image
     with _serve(bundle) as (url, _), _page(url) as (_, page):
         info = _load_in_browser(page)
-        assert "fp32 bundle" in info and "wasm" in info, info
+        assert label in info and "wasm" in info, info
         got = _edit_in_page(page)
         assert not page.errors, page.errors
+    return want, got
+
+
+def test_fp32_edit_in_the_browser_equals_the_python_runtime():
+    want, got = _edit_here_and_in_the_browser(default_bundle_dir().parent / "fp32", "fp32 bundle")
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     assert diff.max() <= TOLERANCE, f"the browser's edit differs from the Python runtime's by up to {diff.max()} levels"
 
@@ -586,14 +583,7 @@ def test_weight_only_int8_edit_in_the_browser_equals_the_python_runtime(weight_o
     """`qk-export --int8 --weight-only` (the tiny model): every INT8 graph runs float kernels on
     dequantized weights on both sides (Q/DQ fusion off), so the browser's edit is the Python
     runtime's within 1 level, as on FP32 bundles (static INT8: INT8_TOLERANCE)."""
-    _chromium()
-    with EditSession(weight_only_bundle, backend="ort-cpu") as s:
-        want = s.edit(_sample(), INSTRUCTION, box=BOX, seed=0).image
-    with _serve(weight_only_bundle) as (url, _), _page(url) as (_, page):
-        info = _load_in_browser(page)
-        assert "int8 weight-only bundle" in info and "wasm" in info, info
-        got = _edit_in_page(page)
-        assert not page.errors, page.errors
+    want, got = _edit_here_and_in_the_browser(weight_only_bundle, "int8 weight-only bundle")
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     assert diff.max() <= TOLERANCE, f"the browser's weight-only INT8 edit differs from the Python runtime's by up to {diff.max()} levels"
     assert (want != _sample()).any(), "the edit changed nothing: the comparison proves little"
