@@ -57,6 +57,17 @@ def need_export():
 
 
 @pytest.fixture(scope="session")
+def source_image() -> "np.ndarray":
+    """A 32 x 32 scene-like image: slate background, a red square."""
+    import numpy as np
+
+    img = np.empty((32, 32, 3), np.uint8)
+    img[:] = (112, 112, 120)
+    img[8:20, 6:18] = (220, 40, 40)
+    return img
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """The tiny preset trained once for the whole test run; its run folder (read it, never write:
     copy it first)."""

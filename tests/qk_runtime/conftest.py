@@ -1,11 +1,10 @@
-"""Fixtures of the Python runtime's tests (the tiny checkpoint and its bundles are in
+"""Fixtures of the Python runtime's tests (the tiny checkpoint, its bundles and `source_image` are in
 tests/conftest.py). Images are the tiny preset's 32 x 32."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
@@ -13,15 +12,6 @@ import pytest
 def bundle_copy(tmp_path, fp32_bundle) -> Path:
     """A private copy of the FP32 bundle that a test may damage."""
     return Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
-
-
-@pytest.fixture(scope="session")
-def source_image() -> np.ndarray:
-    """A 32 x 32 scene-like image: slate background, a red square."""
-    img = np.empty((32, 32, 3), np.uint8)
-    img[:] = (112, 112, 120)
-    img[8:20, 6:18] = (220, 40, 40)
-    return img
 
 
 class Reference:

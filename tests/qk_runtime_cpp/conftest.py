@@ -14,7 +14,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cpp_helpers import BUILD, CPP, PROGRAMS
@@ -58,13 +57,10 @@ def shapeworld_edits(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def scene_png(tmp_path_factory) -> Path:
-    """A 32 x 32 scene-like PNG: slate background, a red square."""
+def scene_png(tmp_path_factory, source_image) -> Path:
+    """`source_image` (tests/conftest.py) as a PNG."""
     from PIL import Image
 
-    img = np.empty((32, 32, 3), np.uint8)
-    img[:] = (112, 112, 120)
-    img[8:20, 6:18] = (220, 40, 40)
     path = tmp_path_factory.mktemp("scene") / "scene.png"
-    Image.fromarray(img).save(path)
+    Image.fromarray(source_image).save(path)
     return path

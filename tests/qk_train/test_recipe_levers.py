@@ -214,7 +214,7 @@ def test_routing_never_routes_the_tokens_an_edit_changes(tmp_path):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_routing_trains_resumes_bit_equal_and_leaves_inference_alone(tmp_path, source_image_32):
+def test_routing_trains_resumes_bit_equal_and_leaves_inference_alone(tmp_path, source_image):
     import json
 
     import numpy as np
@@ -239,19 +239,11 @@ def test_routing_trains_resumes_bit_equal_and_leaves_inference_alone(tmp_path, s
     off.load_state_dict(routed.state_dict())
     off.eval()
     for name in ("edit", "generate"):
-        args = (source_image_32, "make the red square blue", (4, 6, 20, 18)) if name == "edit" else ("a red square",)
+        args = (source_image, "make the red square blue", (4, 6, 20, 18)) if name == "edit" else ("a red square",)
         x, y = (getattr(Pipeline(m, steps=4), name)(*args, seed=3) for m in (routed, off))
         assert np.array_equal(x.image, y.image), name
 
 
-@pytest.fixture(scope="module")
-def source_image_32():
-    import numpy as np
-
-    img = np.empty((32, 32, 3), np.uint8)
-    img[:] = (112, 112, 120)
-    img[8:20, 6:18] = (220, 40, 40)
-    return img
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -25,7 +25,7 @@ def _switched_on(tiny_run, tmp_path, extra=()) -> QKModel:
     return QKModel.from_checkpoint(tmp_path / "on" / "final")
 
 
-def test_switching_it_on_keeps_every_d0_output_to_the_bit(tiny_run, tmp_path, source_image_32):
+def test_switching_it_on_keeps_every_d0_output_to_the_bit(tiny_run, tmp_path, source_image):
     plain = QKModel.from_checkpoint(tiny_run / "final")
     on = _switched_on(tiny_run, tmp_path)
     assert on.cfg.decoder.step_size_cond and not plain.cfg.decoder.step_size_cond
@@ -47,20 +47,12 @@ def test_switching_it_on_keeps_every_d0_output_to_the_bit(tiny_run, tmp_path, so
         assert torch.equal(on.decoder(x, sigma, text, mask, kontext, source, region, gate, flags,
                                       step_size=torch.full((B,), 0.25)), ref)
     # the 20-step edit of the reference pipeline: the same pixels and gate
-    a = Pipeline(plain).edit(source_image_32, "make the red square blue", (4, 6, 20, 18), seed=3)
-    b = Pipeline(on).edit(source_image_32, "make the red square blue", (4, 6, 20, 18), seed=3)
+    a = Pipeline(plain).edit(source_image, "make the red square blue", (4, 6, 20, 18), seed=3)
+    b = Pipeline(on).edit(source_image, "make the red square blue", (4, 6, 20, 18), seed=3)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.gate, b.gate)
     # and the plain model refuses a step size rather than ignoring it
     with pytest.raises(ValueError, match="step_size_cond"):
         plain.decoder(x, sigma, text, mask, kontext, source, region, gate, flags, step_size=torch.zeros(B))
-
-
-@pytest.fixture(scope="module")
-def source_image_32() -> np.ndarray:
-    img = np.empty((32, 32, 3), np.uint8)
-    img[:] = (112, 112, 120)
-    img[8:20, 6:18] = (220, 40, 40)
-    return img
 
 
 def test_shortcut_draws_lie_on_the_grid_of_their_step():
@@ -190,11 +182,11 @@ def test_pipeline_runs_few_step_counts_on_the_uniform_grid(tiny_run, tmp_path):
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
 @pytest.mark.parametrize("sparse", ["none", "region"])
-def test_few_step_edits_keep_the_source_outside_the_gate(few_step_checkpoint, source_image_32, steps, sparse):
+def test_few_step_edits_keep_the_source_outside_the_gate(few_step_checkpoint, source_image, steps, sparse):
     """The gated back-to-source velocity lands on the source at sigma 0 for a step of any size:
     outside the gate the decoded latent is the decoded source, before any compositing."""
     pipe = Pipeline(QKModel.from_checkpoint(few_step_checkpoint))
-    out = pipe.edit(source_image_32, "make the red square blue", (4, 6, 20, 18), steps=steps, seed=1, sparse=sparse)
+    out = pipe.edit(source_image, "make the red square blue", (4, 6, 20, 18), steps=steps, seed=1, sparse=sparse)
     p = pipe.model.patch * pipe.model.factor
     off = np.kron(out.gate <= pipe.gate_threshold, np.ones((p, p), bool))  # (32, 32) pixels outside the gate
     assert off.any() and (~off).any()
